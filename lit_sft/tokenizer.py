@@ -1,0 +1,132 @@
+"""Tokenizer loading, the built-in byte-level ChatML tokenizer, and a stable tokenizer fingerprint.
+
+``load_tokenizer("Qwen/Qwen2.5-0.5B-Instruct")`` is ``AutoTokenizer.from_pretrained`` plus the checks
+SFT needs (a fast tokenizer, a chat template, a pad token). ``load_tokenizer("builtin:byte-chatml")``
+builds a 259-token byte-level tokenizer with a ChatML template in memory, so that the quickstart and the
+tests need no download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from lit_sft.errors import ConfigError
+
+BUILTIN_PREFIX = "builtin:"
+
+#: ChatML as Qwen2.5 writes it, without an implicit system prompt (short sequences for the quickstart).
+BYTE_CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map, so that byte ``b`` gets token id ``b``."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[byte] = chr(byte)
+        else:
+            chars[byte] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def build_byte_chatml_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer (ids 0-255 are bytes) with ChatML special tokens and template.
+
+    Every UTF-8 text round-trips; ``<|endoftext|>`` (256) pads, ``<|im_start|>`` (257) opens a turn and
+    ``<|im_end|>`` (258) closes one and is the end-of-sequence token.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {char: byte for byte, char in _bytes_to_unicode().items()}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+        model_max_length=32768,
+    )
+    tokenizer.chat_template = BYTE_CHATML_TEMPLATE
+    return tokenizer
+
+
+BUILTIN_TOKENIZERS = {"byte-chatml": build_byte_chatml_tokenizer}
+
+
+def read_chat_template(template: str) -> str:
+    """A chat template given inline (Jinja text) or as a path to a ``.jinja`` file."""
+    if "{" not in template and os.path.isfile(template):
+        with open(template, encoding="utf-8") as handle:
+            return handle.read()
+    if "{" not in template:
+        raise ConfigError(f"chat_template {template!r} is neither a Jinja template nor an existing file")
+    return template
+
+
+def load_tokenizer(
+    name_or_path: str, chat_template: str | None = None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
+    """Load a tokenizer for SFT.
+
+    Args:
+        name_or_path: A Hub id, a local directory, or ``builtin:byte-chatml``.
+        chat_template: A Jinja chat template (text or file path) that replaces the tokenizer's own.
+        trust_remote_code: Passed to ``AutoTokenizer.from_pretrained``.
+
+    Raises:
+        ConfigError: When the tokenizer cannot be loaded, is not a fast tokenizer, or has no chat
+            template.
+    """
+    if name_or_path.startswith(BUILTIN_PREFIX):
+        name = name_or_path[len(BUILTIN_PREFIX) :]
+        if name not in BUILTIN_TOKENIZERS:
+            raise ConfigError(
+                f"unknown built-in tokenizer {name_or_path!r}; known: {sorted(BUILTIN_TOKENIZERS)}"
+            )
+        tokenizer = BUILTIN_TOKENIZERS[name]()
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"cannot load a tokenizer from {name_or_path!r}: {error}") from None
+    if chat_template is not None:
+        tokenizer.chat_template = read_chat_template(chat_template)
+    if not tokenizer.is_fast:
+        raise ConfigError(f"the tokenizer of {name_or_path!r} is not a fast tokenizer; lit_sft needs offsets")
+    if not tokenizer.chat_template:
+        raise ConfigError(
+            f"the tokenizer of {name_or_path!r} has no chat template; give one with data.chat_template "
+            "(Jinja text or a .jinja file)"
+        )
+    if tokenizer.pad_token is None:
+        # Padding is masked by position, never by id, so pad may equal EOS.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of everything that decides how text becomes ids: vocabulary, rules, template, specials.
+
+    ``datasets`` hashes tokenizers by pickling them, which changes after a tokenizer has been used
+    (truncation/padding state), so cache keys are built from this instead.
+    """
+    digest = hashlib.sha256()
+    digest.update(type(tokenizer).__name__.encode())
+    digest.update(tokenizer.backend_tokenizer.to_str().encode())
+    digest.update(str(tokenizer.chat_template).encode())
+    digest.update(repr(sorted(tokenizer.special_tokens_map.items())).encode())
+    return digest.hexdigest()[:16]
