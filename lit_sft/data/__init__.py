@@ -1,0 +1,20 @@
+"""The data path: rows -> conversations -> masked token ids -> micro-batches."""
+
+from lit_sft.data.collate import PaddingCollator
+from lit_sft.data.datamodule import SFTDataModule
+from lit_sft.data.formats import Conversation, FormatOptions, row_to_conversation
+from lit_sft.data.sampler import MicroBatch, MicroBatchSampler
+from lit_sft.data.tokenize import IGNORE_INDEX, ConversationRenderer, TokenizeOptions
+
+__all__ = [
+    "IGNORE_INDEX",
+    "Conversation",
+    "ConversationRenderer",
+    "FormatOptions",
+    "MicroBatch",
+    "MicroBatchSampler",
+    "PaddingCollator",
+    "SFTDataModule",
+    "TokenizeOptions",
+    "row_to_conversation",
+]

@@ -1,0 +1,41 @@
+"""Collating tokenized rows into padded micro-batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from lit_sft.data.tokenize import IGNORE_INDEX
+
+
+class PaddingCollator:
+    """Right-pads rows to the longest in the micro-batch.
+
+    Padding is masked by *position*: ``labels`` are ``-100`` and ``attention_mask`` is 0 past each row's
+    end, whatever the pad id, so a pad id equal to EOS never hides a trained EOS.
+
+    Args:
+        pad_token_id: Id written into padded positions of ``input_ids``.
+        pad_to_multiple_of: Round the padded length up to a multiple of this (8 suits tensor cores).
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(
+        self, input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]]
+    ) -> dict[str, torch.Tensor]:
+        """Pad ``input_ids`` and ``labels`` (lists of rows) into ``input_ids``, ``attention_mask``, ``labels``."""
+        length = max(len(row) for row in input_ids)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch_ids = torch.full((len(input_ids), length), self.pad_token_id, dtype=torch.long)
+        batch_labels = torch.full((len(input_ids), length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(input_ids), length), dtype=torch.long)
+        for row, (ids, row_labels) in enumerate(zip(input_ids, labels, strict=True)):
+            batch_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+            batch_labels[row, : len(ids)] = torch.as_tensor(row_labels, dtype=torch.long)
+            attention_mask[row, : len(ids)] = 1
+        return {"input_ids": batch_ids, "attention_mask": attention_mask, "labels": batch_labels}

@@ -1,0 +1,292 @@
+"""`SFTDataModule`: files or Hub datasets in, masked and batched token ids out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+import numpy as np
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.data import DataLoader, Dataset
+
+from lit_sft.data.collate import PaddingCollator
+from lit_sft.data.formats import AssistantTurns, FormatOptions, RowFormat
+from lit_sft.data.loading import Source, expand_specs, load_source
+from lit_sft.data.pipeline import RowTokenizer, SplitSummary, check_columns, split_positions, tokenize_split
+from lit_sft.data.sampler import MicroBatch, MicroBatchSampler
+from lit_sft.data.tokenize import IGNORE_INDEX, TokenizeOptions, Truncation
+from lit_sft.errors import ConfigError
+from lit_sft.tokenizer import load_tokenizer
+
+log = logging.getLogger("lit_sft")
+
+
+class MicroBatchDataset(Dataset):
+    """Maps a `MicroBatch` from the sampler to a collated batch of tensors.
+
+    Besides ``input_ids``, ``attention_mask`` and ``labels``, a batch carries ``step_trained_tokens`` and
+    ``step_tokens`` (see `MicroBatchSampler`), which the loss uses to normalise.
+    """
+
+    def __init__(self, dataset: datasets.Dataset, collator: PaddingCollator) -> None:
+        self.dataset = dataset
+        self.collator = collator
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, micro_batch: MicroBatch) -> dict[str, Any]:  # type: ignore[override]
+        rows = self.dataset[list(micro_batch.indices)]
+        batch = self.collator(rows["input_ids"], rows["labels"])
+        if micro_batch.weight == 0:
+            batch["labels"].fill_(IGNORE_INDEX)
+        # Plain ints: Lightning moves only tensors to the device, so reading them never syncs.
+        batch["step_trained_tokens"] = micro_batch.step_trained_tokens
+        batch["step_tokens"] = micro_batch.step_tokens
+        return batch
+
+
+class SFTDataModule(LightningDataModule):
+    """Supervised fine-tuning data: prompt/response or multi-turn chat rows, masked so that only assistant
+    tokens are trained.
+
+    Rows are rendered with the model's chat template; the assistant content and its end-of-turn token are
+    the training targets (labels), everything else is masked with -100. Tokenization runs through
+    ``datasets.map`` and is cached: a second run on the same data and tokenizer does not tokenize again.
+
+    Args:
+        train_files: Training data: parquet/jsonl/json/csv files (globs allowed), a dataset directory, or
+            a Hub dataset id (``openai/gsm8k``, optionally with a split: ``openai/gsm8k:train``).
+        val_files: Validation data, in the same forms. When absent, ``val_ratio`` of the training rows are
+            held out.
+        tokenizer_name_or_path: The tokenizer (a Hub id, a local directory, or ``builtin:byte-chatml``).
+            The CLI links it to the model's.
+        chat_template: A Jinja chat template (text or ``.jinja`` file) replacing the tokenizer's own.
+        format: Row format: ``prompt_response``, ``messages``, or ``auto`` (``messages`` when the messages
+            column exists).
+        prompt_key: Column of the prompt, or a dotted path into nested columns (``extra_info.question``).
+            The prompt is a string or a list of chat messages.
+        response_key: Column (or dotted path) of the response string.
+        messages_key: Column (or dotted path) of the list of ``{role, content}`` messages.
+        tools_key: Column of tool schemas (a list, or a JSON string), passed to the chat template.
+        assistant_turns: In ``messages`` rows, train ``all`` assistant turns or the ``last`` only.
+        system_prompt: A system message added to conversations that have none.
+        template_kwargs: Extra variables for the chat template (e.g. ``{enable_thinking: false}``).
+        max_length: Longest sequence in tokens; longer ones are handled per ``truncation``.
+        max_prompt_length: Longest prompt (tokens before the first trained token); longer prompts lose
+            their oldest tokens (or the row is rejected under ``truncation: error``).
+        max_response_length: Longest response; longer responses lose their end (or are rejected).
+        truncation: ``left`` (keep the end), ``right`` (keep the start) or ``error`` (reject the row,
+            naming it and its length). Rows left with no trained token are dropped and counted.
+        val_ratio: Fraction of training rows held out for validation when there are no ``val_files``.
+        max_train_samples: Use at most this many training rows (the first ones).
+        max_val_samples: Use at most this many validation rows.
+        skip_invalid_rows: Drop malformed rows and count them instead of stopping with an error.
+        dataset_config_name: Configuration name of Hub datasets (``main`` for ``openai/gsm8k``).
+        batch_size: Rows per micro-batch on each device.
+        val_batch_size: Rows per validation batch (default: ``batch_size``).
+        pad_to_multiple_of: Round padded lengths up to a multiple of this.
+        shuffle: Shuffle training rows every epoch.
+        seed: Seed of the shuffle and of the ``val_ratio`` split.
+        num_workers: DataLoader worker processes.
+        num_proc: Processes for tokenization (``datasets.map``).
+        cache_dir: ``datasets`` cache directory.
+        trust_remote_code: Passed to ``AutoTokenizer.from_pretrained``.
+    """
+
+    def __init__(
+        self,
+        train_files: str | list[str] | None = None,
+        val_files: str | list[str] | None = None,
+        tokenizer_name_or_path: str | None = None,
+        chat_template: str | None = None,
+        format: RowFormat = "auto",
+        prompt_key: str = "prompt",
+        response_key: str = "response",
+        messages_key: str = "messages",
+        tools_key: str = "tools",
+        assistant_turns: AssistantTurns = "all",
+        system_prompt: str | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+        max_length: int | None = 2048,
+        max_prompt_length: int | None = None,
+        max_response_length: int | None = None,
+        truncation: Truncation = "error",
+        val_ratio: float = 0.0,
+        max_train_samples: int | None = None,
+        max_val_samples: int | None = None,
+        skip_invalid_rows: bool = False,
+        dataset_config_name: str | None = None,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        shuffle: bool = True,
+        seed: int = 42,
+        num_workers: int = 0,
+        num_proc: int | None = None,
+        cache_dir: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if not 0.0 <= val_ratio < 1.0:
+            raise ConfigError(f"data.val_ratio must be in [0, 1), got {val_ratio}")
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
+        self.train_files = train_files
+        self.val_files = val_files
+        self.tokenizer_name_or_path = tokenizer_name_or_path
+        self.chat_template = chat_template
+        self.format_options = FormatOptions(
+            format=format,
+            prompt_key=prompt_key,
+            response_key=response_key,
+            messages_key=messages_key,
+            tools_key=tools_key,
+            assistant_turns=assistant_turns,
+            system_prompt=system_prompt,
+        )
+        self.tokenize_options = TokenizeOptions(
+            max_length=max_length,
+            max_prompt_length=max_prompt_length,
+            max_response_length=max_response_length,
+            truncation=truncation,
+        )
+        self.template_kwargs = template_kwargs or {}
+        self.val_ratio = val_ratio
+        self.max_train_samples, self.max_val_samples = max_train_samples, max_val_samples
+        self.skip_invalid_rows = skip_invalid_rows
+        self.dataset_config_name = dataset_config_name
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.shuffle, self.seed = shuffle, seed
+        self.num_workers, self.num_proc = num_workers, num_proc
+        self.cache_dir = cache_dir
+        self.trust_remote_code = trust_remote_code
+        self.train_dataset: datasets.Dataset | None = None
+        self.val_dataset: datasets.Dataset | None = None
+        self.summaries: dict[str, SplitSummary] = {}
+        self._tokenizer: Any = None
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer, loaded on first use."""
+        if self._tokenizer is None:
+            if not self.tokenizer_name_or_path:
+                raise ConfigError("data.tokenizer_name_or_path is not set (the CLI links it to the model's)")
+            self._tokenizer = load_tokenizer(
+                self.tokenizer_name_or_path, self.chat_template, self.trust_remote_code
+            )
+        return self._tokenizer
+
+    def _load(self, specs: str | Sequence[str] | None, default_split: str) -> list[Source]:
+        return [
+            load_source(
+                spec,
+                config_name=self.dataset_config_name,
+                cache_dir=self.cache_dir,
+                default_split=default_split,
+            )
+            for spec in expand_specs(specs)
+        ]
+
+    def _row_tokenizer(self, source: Source) -> RowTokenizer:
+        row_format = check_columns(source, self.format_options)
+        return RowTokenizer(
+            self.tokenizer, row_format, self.format_options, self.tokenize_options, self.template_kwargs
+        )
+
+    def _build(self) -> None:
+        if not self.train_files:
+            raise ConfigError("data.train_files is not set")
+        _ = self.tokenizer  # configuration mistakes first, before any data is read
+        train_sources = self._load(self.train_files, "train")
+        sizes = [len(source.dataset) for source in train_sources]
+        if self.val_files:
+            val_sources = self._load(self.val_files, "test")
+            train_positions = np.arange(sum(sizes))
+            val_positions = np.arange(sum(len(source.dataset) for source in val_sources))
+        else:
+            val_sources = train_sources
+            train_positions, val_positions = split_positions(sizes, self.val_ratio, self.seed)
+        if self.max_train_samples is not None:
+            train_positions = train_positions[: self.max_train_samples]
+        if self.max_val_samples is not None:
+            val_positions = val_positions[: self.max_val_samples]
+        options = {"skip_invalid_rows": self.skip_invalid_rows, "num_proc": self.num_proc}
+        self.train_dataset, train_summary = tokenize_split(
+            "train", train_sources, train_positions, self._row_tokenizer, **options
+        )
+        self.summaries = {"train": train_summary}
+        if self.train_dataset is None:
+            raise ConfigError(f"no training rows left: {train_summary.line()}")
+        if len(val_positions):
+            self.val_dataset, self.summaries["val"] = tokenize_split(
+                "val", val_sources, val_positions, self._row_tokenizer, **options
+            )
+
+    def prepare_data(self) -> None:
+        """Load and tokenize once on the main process, filling the ``datasets`` cache for `setup`."""
+        self._build()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the tokenized splits (from the cache after `prepare_data`) and print one line per split."""
+        self._build()
+        self._log_summaries()
+
+    @rank_zero_only
+    def _log_summaries(self) -> None:
+        for summary in self.summaries.values():
+            log.info(summary.line())
+
+    def _trainer_layout(self) -> tuple[int, int, int]:
+        """(world size, rank, accumulation) from the attached trainer, or a single process."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0, 1
+        return trainer.world_size, trainer.global_rank, trainer.accumulate_grad_batches
+
+    def _collator(self) -> PaddingCollator:
+        return PaddingCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
+
+    def _sampler(
+        self, dataset: datasets.Dataset, batch_size: int, shuffle: bool, accumulate: int
+    ) -> MicroBatchSampler:
+        world_size, rank, _ = self._trainer_layout()
+        return MicroBatchSampler(
+            np.asarray(dataset["num_tokens"]),
+            np.asarray(dataset["num_trained"]),
+            batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            num_replicas=world_size,
+            rank=rank,
+            accumulate_grad_batches=accumulate,
+        )
+
+    def _loader(self, dataset: datasets.Dataset, sampler: MicroBatchSampler) -> DataLoader:
+        return DataLoader(
+            MicroBatchDataset(dataset, self._collator()),
+            sampler=sampler,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Training micro-batches; each carries the token counts of its whole optimizer step."""
+        if self.train_dataset is None:
+            self.setup("fit")
+        _, _, accumulate = self._trainer_layout()
+        sampler = self._sampler(self.train_dataset, self.batch_size, self.shuffle, accumulate)
+        return self._loader(self.train_dataset, sampler)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation batches, in order, the same number on every rank."""
+        if self.val_dataset is None:
+            return []
+        return self._loader(self.val_dataset, self._sampler(self.val_dataset, self.val_batch_size, False, 1))

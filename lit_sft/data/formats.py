@@ -1,0 +1,238 @@
+"""Rows to conversations: the dataset-specific half of the data path.
+
+A row of a parquet/jsonl file becomes a `Conversation`: a list of chat messages (plus tools) and, for
+each message, whether it is a training target. Two row formats are understood:
+
+* ``prompt_response``: a prompt (a string, or a list of chat messages as in verl's GSM8K parquet) and a
+  response string, each found by a column name or a dotted path into nested columns
+  (``extra_info.question``). Only the response is trained.
+* ``messages``: a list of ``{"role", "content"}`` messages with an optional ``tools`` column. All
+  assistant turns are trained, or only the last one. An assistant message with ``"weight": 0`` (the
+  OpenAI fine-tuning convention) is never trained.
+
+Everything here is pure and raises `InvalidRow` (field + reason); the caller knows the file and row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lit_sft.errors import InvalidRow
+
+RowFormat = Literal["auto", "prompt_response", "messages"]
+AssistantTurns = Literal["all", "last"]
+
+#: Roles a message may have. ``tool`` carries a tool's result back to the model.
+KNOWN_ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    """How to read conversations out of rows.
+
+    Args:
+        format: ``prompt_response``, ``messages``, or ``auto`` (``messages`` when the messages column
+            exists, else ``prompt_response``).
+        prompt_key: Column (or dotted path) of the prompt.
+        response_key: Column (or dotted path) of the response.
+        messages_key: Column (or dotted path) of the message list.
+        tools_key: Column of the tool schemas (a list, or a JSON string of one); optional.
+        assistant_turns: Train ``all`` assistant turns of a ``messages`` row, or the ``last`` only.
+        system_prompt: A system message prepended to conversations that have none.
+    """
+
+    format: RowFormat = "auto"
+    prompt_key: str = "prompt"
+    response_key: str = "response"
+    messages_key: str = "messages"
+    tools_key: str = "tools"
+    assistant_turns: AssistantTurns = "all"
+    system_prompt: str | None = None
+
+
+@dataclass
+class Conversation:
+    """Chat messages ready for a chat template.
+
+    Attributes:
+        messages: Messages with ``role``, ``content`` and any extra keys the template may use
+            (``tool_calls``, ``name``...); keys whose value is None are removed.
+        trained: For each message, whether it is a training target (only assistant messages can be).
+        tools: Tool schemas to pass to the template, or None.
+        field: The row field the messages came from, for error messages.
+    """
+
+    messages: list[dict[str, Any]]
+    trained: list[bool]
+    tools: list[dict[str, Any]] | None = None
+    field: str = "messages"
+
+
+_MISSING = object()
+
+
+def get_path(row: Mapping[str, Any], path: str) -> Any:
+    """Value at ``path`` in ``row``: a column name, or a dotted path into nested columns.
+
+    A key that itself contains dots is matched first, so ``"a.b"`` finds a column named ``a.b``.
+
+    Raises:
+        InvalidRow: When a part of the path is missing or a parent is not a mapping.
+    """
+    if path in row:
+        return row[path]
+    value: Any = row
+    for depth, part in enumerate(path.split(".")):
+        if not isinstance(value, Mapping) or value.get(part, _MISSING) is _MISSING:
+            where = ".".join(path.split(".")[:depth]) or "the row"
+            raise InvalidRow(path, f"missing (no key '{part}' in {where})", kind="missing_field")
+        value = value[part]
+    return value
+
+
+def resolve_format(columns: Sequence[str], options: FormatOptions) -> Literal["prompt_response", "messages"]:
+    """The row format to use for a dataset with these top-level columns."""
+    if options.format != "auto":
+        return options.format
+    return "messages" if options.messages_key.split(".")[0] in columns else "prompt_response"
+
+
+def required_columns(fmt: Literal["prompt_response", "messages"], options: FormatOptions) -> list[str]:
+    """Top-level columns a dataset must have for ``fmt`` (checked once per file, before any row)."""
+    keys = [options.messages_key] if fmt == "messages" else [options.prompt_key, options.response_key]
+    return [key.split(".")[0] for key in keys]
+
+
+def _check_content(message: Mapping[str, Any], where: str) -> None:
+    content = message.get("content")
+    has_tool_calls = bool(message.get("tool_calls"))
+    if content is None:
+        if message["role"] == "assistant" and has_tool_calls:
+            return
+        raise InvalidRow(f"{where}.content", "content is null", kind="invalid_content")
+    if not isinstance(content, str):
+        raise InvalidRow(
+            f"{where}.content",
+            f"content must be a string, got {type(content).__name__}",
+            kind="invalid_content",
+        )
+    if not content.strip() and not has_tool_calls:
+        raise InvalidRow(f"{where}.content", "content is empty", kind="invalid_content")
+
+
+def normalize_messages(value: Any, field_name: str) -> list[dict[str, Any]]:
+    """Validate a list of chat messages and return clean copies (None-valued keys removed).
+
+    Raises:
+        InvalidRow: For a value that is not a list of messages, a message without a known role, or
+            null, empty or non-string content (null/empty content is allowed on an assistant message
+            that has ``tool_calls``).
+    """
+    if isinstance(value, str):
+        raise InvalidRow(field_name, "expected a list of messages, got a string", kind="invalid_messages")
+    if not isinstance(value, Sequence) or isinstance(value, bytes | Mapping):
+        raise InvalidRow(
+            field_name, f"expected a list of messages, got {type(value).__name__}", kind="invalid_messages"
+        )
+    if len(value) == 0:
+        raise InvalidRow(field_name, "the message list is empty", kind="invalid_messages")
+    messages = []
+    for index, raw in enumerate(value):
+        where = f"{field_name}[{index}]"
+        if not isinstance(raw, Mapping):
+            raise InvalidRow(
+                where, f"a message must be a mapping, got {type(raw).__name__}", "invalid_messages"
+            )
+        message = {key: item for key, item in raw.items() if item is not None}
+        role = message.get("role")
+        if role not in KNOWN_ROLES:
+            raise InvalidRow(
+                f"{where}.role",
+                f"unknown role {role!r} (expected one of {sorted(KNOWN_ROLES)})",
+                "unknown_role",
+            )
+        _check_content(message, where)
+        messages.append(message)
+    return messages
+
+
+def parse_tools(value: Any, field_name: str) -> list[dict[str, Any]] | None:
+    """Tool schemas from a list of mappings or a JSON string of one; None or empty means no tools."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise InvalidRow(field_name, f"tools is not valid JSON ({error.msg})", "invalid_tools") from None
+    if not isinstance(value, Sequence) or not all(isinstance(tool, Mapping) for tool in value):
+        raise InvalidRow(field_name, "tools must be a list of JSON schemas (mappings)", "invalid_tools")
+    return [dict(tool) for tool in value] or None
+
+
+def _messages_conversation(row: Mapping[str, Any], options: FormatOptions) -> Conversation:
+    messages = normalize_messages(get_path(row, options.messages_key), options.messages_key)
+    assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1) != 0]
+    if options.assistant_turns == "last":
+        assistant = assistant[-1:]
+    trained = [i in assistant for i in range(len(messages))]
+    tools = parse_tools(row.get(options.tools_key), options.tools_key) if options.tools_key in row else None
+    return Conversation(messages=messages, trained=trained, tools=tools, field=options.messages_key)
+
+
+def _prompt_response_conversation(row: Mapping[str, Any], options: FormatOptions) -> Conversation:
+    prompt = get_path(row, options.prompt_key)
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise InvalidRow(options.prompt_key, "prompt is empty", kind="invalid_content")
+        messages = [{"role": "user", "content": prompt}]
+    elif prompt is None:
+        raise InvalidRow(options.prompt_key, "prompt is null", kind="invalid_content")
+    else:
+        messages = normalize_messages(prompt, options.prompt_key)
+    response = get_path(row, options.response_key)
+    if response is None:
+        raise InvalidRow(options.response_key, "response is null", kind="invalid_content")
+    if not isinstance(response, str):
+        raise InvalidRow(
+            options.response_key,
+            f"response must be a string, got {type(response).__name__}",
+            kind="invalid_content",
+        )
+    if not response.strip():
+        raise InvalidRow(options.response_key, "response is empty", kind="invalid_content")
+    messages.append({"role": "assistant", "content": response})
+    trained = [False] * (len(messages) - 1) + [True]
+    tools = parse_tools(row.get(options.tools_key), options.tools_key) if options.tools_key in row else None
+    return Conversation(messages=messages, trained=trained, tools=tools, field=options.prompt_key)
+
+
+def row_to_conversation(
+    row: Mapping[str, Any], fmt: Literal["prompt_response", "messages"], options: FormatOptions
+) -> Conversation:
+    """Read one row as a conversation.
+
+    Args:
+        row: The row, as ``datasets`` gives it (nested columns are mappings).
+        fmt: The resolved row format (see `resolve_format`).
+        options: Column names and training options.
+
+    Raises:
+        InvalidRow: When the row is malformed or has no assistant message to train.
+    """
+    if fmt == "messages":
+        conversation = _messages_conversation(row, options)
+    else:
+        conversation = _prompt_response_conversation(row, options)
+    if not any(conversation.trained):
+        field_name = options.messages_key if fmt == "messages" else options.response_key
+        raise InvalidRow(field_name, "the conversation has no assistant message to train", "no_assistant")
+    if options.system_prompt is not None and conversation.messages[0]["role"] != "system":
+        conversation.messages.insert(0, {"role": "system", "content": options.system_prompt})
+        conversation.trained.insert(0, False)
+    return conversation

@@ -1,0 +1,297 @@
+"""From loaded sources to tokenized, validated splits, through cached ``datasets.map``.
+
+Bad rows never raise inside ``map`` (that would surface as a deep ``datasets`` traceback and poison the
+cache): the map records a status per row, and `tokenize_split` then raises one `RowError` naming the
+file, row and field, or, with ``skip_invalid_rows``, drops the rows and counts them by reason. Rows left
+with no trained token after truncation are always dropped and counted. Every split gets one summary line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import datasets
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from lit_sft.data.formats import FormatOptions, required_columns, resolve_format, row_to_conversation
+from lit_sft.data.loading import Source
+from lit_sft.data.tokenize import ConversationRenderer, TokenizeOptions, tokenize_rendered, truncate
+from lit_sft.errors import DataFileError, InvalidRow, RowError
+from lit_sft.tokenizer import tokenizer_fingerprint
+
+log = logging.getLogger("lit_sft")
+
+#: Bump when the tokenized output changes for the same inputs, so that old caches are not reused.
+PIPELINE_VERSION = "1"
+
+OK = "ok"
+NO_TRAINED_TOKENS = "no_trained_tokens"
+
+TOKENIZED_FEATURES = datasets.Features(
+    {
+        "input_ids": datasets.Sequence(datasets.Value("int32")),
+        "labels": datasets.Sequence(datasets.Value("int32")),
+        "num_tokens": datasets.Value("int32"),
+        "num_trained": datasets.Value("int32"),
+        "original_length": datasets.Value("int32"),
+        "truncated": datasets.Value("bool"),
+        "status": datasets.Value("string"),
+        "error": datasets.Value("string"),
+    }
+)
+
+
+class RowTokenizer:
+    """The ``datasets.map`` function: a batch of rows to token ids, labels and a status per row.
+
+    Args:
+        tokenizer: The model's tokenizer (with its chat template).
+        row_format: The resolved row format.
+        format_options: How to read conversations from rows.
+        tokenize_options: Length limits and truncation.
+        template_kwargs: Extra chat-template variables.
+    """
+
+    #: Number of batches tokenized in this process; tests use it to see the cache at work.
+    calls = 0
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        row_format: Literal["prompt_response", "messages"],
+        format_options: FormatOptions,
+        tokenize_options: TokenizeOptions,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.row_format = row_format
+        self.format_options = format_options
+        self.tokenize_options = tokenize_options
+        self.template_kwargs = dict(template_kwargs or {})
+        self._renderer: ConversationRenderer | None = None
+
+    def fingerprint(self) -> str:
+        """A hash of everything that decides this function's output for a given input."""
+        payload = json.dumps(
+            {
+                "version": PIPELINE_VERSION,
+                "tokenizer": tokenizer_fingerprint(self.tokenizer),
+                "row_format": self.row_format,
+                "format": asdict(self.format_options),
+                "tokenize": asdict(self.tokenize_options),
+                "template_kwargs": self.template_kwargs,
+            },
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_renderer": None}
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        type(self).calls += 1
+        if self._renderer is None:
+            self._renderer = ConversationRenderer(self.tokenizer, self.template_kwargs)
+        size = len(next(iter(batch.values()))) if batch else 0
+        rows = [{key: values[i] for key, values in batch.items()} for i in range(size)]
+        out: dict[str, list[Any]] = {name: [None] * size for name in TOKENIZED_FEATURES}
+        rendered, rendered_at, fields = [], [], []
+        for i, row in enumerate(rows):
+            try:
+                conversation = row_to_conversation(row, self.row_format, self.format_options)
+                rendered.append(self._renderer.render(conversation))
+                rendered_at.append(i)
+                fields.append(conversation.field)
+            except InvalidRow as error:
+                self._fill(out, i, status=error.kind, error=f"{error.field}\t{error.reason}")
+        for i, field_name, (input_ids, labels) in zip(
+            rendered_at, fields, tokenize_rendered(self.tokenizer, rendered), strict=True
+        ):
+            try:
+                tokenized = truncate(input_ids, labels, self.tokenize_options, field_name)
+            except InvalidRow as error:
+                self._fill(
+                    out, i, status=error.kind, error=f"{error.field}\t{error.reason}", length=len(input_ids)
+                )
+                continue
+            num_trained = tokenized.num_trained
+            out["input_ids"][i] = tokenized.input_ids
+            out["labels"][i] = tokenized.labels
+            out["num_tokens"][i] = len(tokenized.input_ids)
+            out["num_trained"][i] = num_trained
+            out["original_length"][i] = tokenized.original_length
+            out["truncated"][i] = tokenized.truncated
+            out["status"][i] = OK if num_trained > 0 else NO_TRAINED_TOKENS
+            out["error"][i] = ""
+        return out
+
+    @staticmethod
+    def _fill(out: dict[str, list[Any]], i: int, status: str, error: str, length: int = 0) -> None:
+        out["input_ids"][i], out["labels"][i] = [], []
+        out["num_tokens"][i] = out["num_trained"][i] = 0
+        out["original_length"][i] = length
+        out["truncated"][i] = False
+        out["status"][i], out["error"][i] = status, error
+
+
+@dataclass
+class SplitSummary:
+    """What happened to one split's rows.
+
+    Attributes:
+        split: ``train`` or ``val``.
+        rows_read: Rows read from the sources (after the split and ``max_samples``).
+        kept: Rows kept for training.
+        dropped: Dropped rows by reason.
+        truncated: Kept rows that lost tokens to truncation.
+        tokens: Tokens in kept rows.
+        trained_tokens: Trained (label) tokens in kept rows.
+    """
+
+    split: str
+    rows_read: int = 0
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    truncated: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+
+    def line(self) -> str:
+        """The one-line summary printed for the split."""
+        total_dropped = sum(self.dropped.values())
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.dropped.items()))
+        dropped = f"{total_dropped} dropped ({reasons})" if total_dropped else "0 dropped"
+        return (
+            f"{self.split}: {self.rows_read} rows read, {self.kept} kept, {dropped}, {self.truncated} truncated, "
+            f"{self.tokens} tokens, {self.trained_tokens} trained tokens"
+        )
+
+
+def split_positions(sizes: Sequence[int], val_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (over the concatenated sources) of the train and validation rows, each sorted.
+
+    A seeded permutation picks ``round(val_ratio * n)`` rows (at least one when ``val_ratio > 0``) for
+    validation; the same seed and sizes always give the same split.
+    """
+    total = int(sum(sizes))
+    if val_ratio <= 0:
+        return np.arange(total), np.arange(0)
+    permutation = np.random.default_rng(seed).permutation(total)
+    num_val = min(total, max(1, round(val_ratio * total)))
+    return np.sort(permutation[num_val:]), np.sort(permutation[:num_val])
+
+
+def _select_rows(dataset: datasets.Dataset, rows: np.ndarray) -> datasets.Dataset:
+    if len(rows) == len(dataset) and (len(rows) == 0 or rows[-1] == len(rows) - 1):
+        return dataset
+    return dataset.select(rows)
+
+
+def tokenize_split(
+    split: str,
+    sources: Sequence[Source],
+    positions: np.ndarray,
+    row_tokenizer_for: Any,
+    *,
+    skip_invalid_rows: bool,
+    num_proc: int | None = None,
+) -> tuple[datasets.Dataset | None, SplitSummary]:
+    """Tokenize the rows at ``positions`` (over the concatenated ``sources``) and validate them.
+
+    Args:
+        split: The split's name, for the summary.
+        sources: The loaded sources, in order.
+        positions: Sorted row positions over the concatenation of ``sources``.
+        row_tokenizer_for: ``callable(source) -> RowTokenizer`` (the format is resolved per source).
+        skip_invalid_rows: Drop and count malformed rows instead of raising.
+        num_proc: Processes for ``datasets.map``.
+
+    Returns:
+        The kept rows (columns ``input_ids``, ``labels``, ``num_tokens``, ``num_trained``), or None when
+        there are no rows, and the split's summary.
+
+    Raises:
+        RowError: For the first malformed row, unless ``skip_invalid_rows``.
+    """
+    summary = SplitSummary(split=split)
+    parts: list[datasets.Dataset] = []
+    offset = 0
+    dropped: Counter[str] = Counter()
+    for source in sources:
+        size = len(source.dataset)
+        mask = (positions >= offset) & (positions < offset + size)
+        rows = positions[mask] - offset
+        offset += size
+        if len(rows) == 0:
+            continue
+        row_tokenizer = row_tokenizer_for(source)
+        selected = _select_rows(source.dataset, rows)
+        fingerprint = hashlib.sha256(
+            f"{selected._fingerprint}-{row_tokenizer.fingerprint()}".encode()
+        ).hexdigest()
+        tokenized = selected.map(
+            row_tokenizer,
+            batched=True,
+            batch_size=256,
+            remove_columns=selected.column_names,
+            features=TOKENIZED_FEATURES,
+            new_fingerprint=fingerprint[:32],
+            num_proc=num_proc if num_proc and num_proc > 1 else None,
+            desc=f"Tokenizing {source.name}",
+        )
+        # `tokenized` is a fresh map output (no indices mapping), so its Arrow columns are in row order.
+        statuses = tokenized.data.column("status").to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero((statuses != OK) & (statuses != NO_TRAINED_TOKENS))
+        if len(bad) and not skip_invalid_rows:
+            first = int(bad[0])
+            field_name, reason = tokenized[first]["error"].split("\t", 1)
+            more = f" ({len(bad) - 1} more rows of this file have errors)" if len(bad) > 1 else ""
+            raise RowError(
+                source.name,
+                int(rows[first]),
+                field_name,
+                reason + more,
+                hint="Fix the data, or set data.skip_invalid_rows=true to drop such rows and count them",
+            )
+        dropped.update(statuses[statuses != OK].tolist())
+        keep = np.flatnonzero(statuses == OK)
+        summary.rows_read += len(rows)
+        summary.kept += len(keep)
+        summary.truncated += int(tokenized.data.column("truncated").to_numpy()[keep].sum())
+        if len(keep) == 0:
+            continue
+        kept = tokenized.select(keep) if len(keep) < len(tokenized) else tokenized
+        parts.append(kept.select_columns(["input_ids", "labels", "num_tokens", "num_trained"]))
+    summary.dropped = dict(dropped)
+    if not parts:
+        return None, summary
+    dataset = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    lengths = np.asarray(dataset["num_tokens"], dtype=np.int64)
+    trained = np.asarray(dataset["num_trained"], dtype=np.int64)
+    summary.tokens, summary.trained_tokens = int(lengths.sum()), int(trained.sum())
+    return dataset, summary
+
+
+def check_columns(source: Source, format_options: FormatOptions) -> Literal["prompt_response", "messages"]:
+    """Resolve the row format for a source and check it has the columns the format needs.
+
+    Raises:
+        DataFileError: Naming the file, the missing column and the columns it has.
+    """
+    columns = source.dataset.column_names
+    row_format = resolve_format(columns, format_options)
+    missing = [column for column in required_columns(row_format, format_options) if column not in columns]
+    if missing:
+        raise DataFileError(
+            f"{source.name}: missing column {missing[0]!r} for the {row_format} format; it has {columns}. "
+            "Set data.prompt_key/response_key/messages_key (dotted paths reach into nested columns) or data.format"
+        )
+    return row_format

@@ -1,0 +1,130 @@
+"""The micro-batch plan: which rows form each micro-batch, on which rank, in which optimizer step.
+
+The plan is computed identically on every rank from the row lengths and a seed, so each micro-batch can
+carry the number of trained tokens of its *whole optimizer step* (all micro-batches, all ranks) without
+any communication. The loss divides by that number, which makes it a true per-token mean over the
+optimizer step whatever the micro-batch size, gradient accumulation or world size (design invariant 6).
+
+Every rank gets the same number of micro-batches; when the rows do not divide evenly, the last ranks get
+padding micro-batches whose labels are all masked (weight 0), so no rank waits for another and no row is
+duplicated in the loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DistributedSampler
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """One micro-batch of the plan.
+
+    Attributes:
+        indices: Row indices into the tokenized dataset.
+        step_trained_tokens: Trained tokens in all micro-batches of its optimizer step, on all ranks.
+        step_tokens: All tokens (trained or not, no padding) of the same.
+        weight: 1, or 0 for a padding micro-batch that only keeps ranks in step.
+    """
+
+    indices: tuple[int, ...]
+    step_trained_tokens: int
+    step_tokens: int
+    weight: int = 1
+
+
+class MicroBatchSampler(DistributedSampler):
+    """Yields this rank's `MicroBatch` es for one epoch, seeded, deterministic and resumable.
+
+    It subclasses ``DistributedSampler`` only so that Lightning, which replaces samplers that are not
+    distributed under DDP/FSDP, leaves it alone: it shards rows across ranks itself.
+
+    Args:
+        num_tokens: Tokens of each row.
+        num_trained: Trained tokens of each row.
+        batch_size: Rows per micro-batch.
+        shuffle: Shuffle rows each epoch (seeded by ``seed + epoch``).
+        seed: The shuffling seed; every rank must use the same.
+        num_replicas: Number of data-parallel ranks.
+        rank: This rank.
+        accumulate_grad_batches: Micro-batches per optimizer step on each rank.
+    """
+
+    def __init__(
+        self,
+        num_tokens: np.ndarray,
+        num_trained: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        accumulate_grad_batches: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if len(num_tokens) == 0:
+            raise ValueError("cannot sample from an empty dataset")
+        self.num_tokens = np.asarray(num_tokens, dtype=np.int64)
+        self.num_trained = np.asarray(num_trained, dtype=np.int64)
+        self.dataset = self.num_tokens  # what DistributedSampler's attributes refer to
+        self.num_replicas, self.rank = num_replicas, rank
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.drop_last = False
+        self.epoch = 0
+        self._start = 0  # micro-batches of the current epoch to skip (set when resuming)
+        num_global = -(-len(self.num_tokens) // batch_size)
+        self.num_samples = -(-num_global // num_replicas)  # micro-batches per rank
+        self.total_size = self.num_samples * num_replicas
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order `__iter__` yields (Lightning calls this each epoch)."""
+        if epoch != self.epoch:
+            self._start = 0
+        self.epoch = epoch
+
+    def row_order(self, epoch: int) -> np.ndarray:
+        """The order in which rows are visited in ``epoch``."""
+        if not self.shuffle:
+            return np.arange(len(self.num_tokens))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.num_tokens))
+
+    def plan(self, epoch: int) -> list[MicroBatch]:
+        """The global plan of ``epoch``: micro-batch ``g`` runs on rank ``g % num_replicas``."""
+        order = self.row_order(epoch)
+        chunks = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        weights = [1] * len(chunks)
+        for filler in range(self.total_size - len(chunks)):
+            chunks.append(chunks[filler % len(chunks)])
+            weights.append(0)
+        per_step = self.num_replicas * self.accumulate_grad_batches
+        plan = []
+        for step_start in range(0, len(chunks), per_step):
+            step = range(step_start, min(step_start + per_step, len(chunks)))
+            trained = sum(int(self.num_trained[chunks[g]].sum()) for g in step if weights[g])
+            tokens = sum(int(self.num_tokens[chunks[g]].sum()) for g in step if weights[g])
+            for g in step:
+                plan.append(MicroBatch(tuple(int(i) for i in chunks[g]), trained, tokens, weights[g]))
+        return plan
+
+    def __iter__(self) -> Iterator[MicroBatch]:
+        plan = self.plan(self.epoch)[self.rank :: self.num_replicas]
+        start, self._start = self._start, 0
+        return iter(plan[start:])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch and the position inside it, for exact resume."""
+        return {"epoch": self.epoch, "start": self._start, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at ``state["start"]`` micro-batches into epoch ``state["epoch"]``."""
+        self.epoch, self._start, self.seed = int(state["epoch"]), int(state["start"]), int(state["seed"])
