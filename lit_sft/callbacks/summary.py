@@ -1,0 +1,117 @@
+"""`RunSummary`: the closing summary of a run (first and last validation loss, time, tokens, files)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
+
+log = logging.getLogger("lit_sft")
+
+
+class RunSummary(Callback):
+    """Records every validation loss and prints a summary when ``fit`` or ``validate`` ends.
+
+    When the sanity check covers the whole validation set (``trainer.num_sanity_val_steps: -1``), its loss
+    is the loss before any training: it is recorded as step 0 and written to the loggers, so the first
+    validation loss is that of the untrained model.
+
+    Args:
+        monitor: The validation metric to record.
+    """
+
+    def __init__(self, monitor: str = "val/loss") -> None:
+        self.monitor = monitor
+        self.history: list[tuple[int, float]] = []
+        self.train_losses: list[tuple[int, float]] = []
+        self._start = time.monotonic()
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor)
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._start = time.monotonic()
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        value = trainer.callback_metrics.get("train/loss")
+        if value is not None and (not self.train_losses or self.train_losses[-1][0] != trainer.global_step):
+            self.train_losses.append((trainer.global_step, float(value)))
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        if trainer.sanity_checking:
+            if not self._sanity_covers_all(trainer):
+                return
+            for logger in trainer.loggers:
+                logger.log_metrics({self.monitor: float(value)}, step=0)
+        self.history.append((trainer.global_step, float(value)))
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            self._print(trainer, "validate")
+
+    @staticmethod
+    def _sanity_covers_all(trainer: Trainer) -> bool:
+        limit = trainer.num_sanity_val_steps
+        return (
+            all(math.isinf(limit) or limit >= batches for batches in trainer.num_val_batches) or limit == -1
+        )
+
+    def lines(self, trainer: Trainer) -> list[str]:
+        """The summary, one string per line."""
+        elapsed = time.monotonic() - self._start
+        lines = [f"steps: {trainer.global_step}, wall time: {elapsed:.0f} s"]
+        batches = trainer.num_training_batches
+        if trainer.state.fn == TrainerFn.FITTING and batches and not math.isinf(batches):
+            lines[0] += f", epochs: {trainer.global_step * trainer.accumulate_grad_batches / batches:.2f}"
+        if self.train_losses:
+            (first_step, first), (last_step, last) = self.train_losses[0], self.train_losses[-1]
+            lines.append(f"train/loss: {first:.4f} (step {first_step}) -> {last:.4f} (step {last_step})")
+        if self.history:
+            (first_step, first), (last_step, last) = self.history[0], self.history[-1]
+            best_step, best = min(self.history, key=lambda item: item[1])
+            lines.append(
+                f"{self.monitor}: first {first:.4f} (step {first_step}) -> last {last:.4f} (step {last_step}); "
+                f"best {best:.4f} (step {best_step})"
+            )
+        tokens = trainer.callback_metrics.get("train/tokens_seen")
+        trained = trainer.callback_metrics.get("train/trained_tokens_seen")
+        if tokens is not None and trained is not None:
+            lines.append(f"tokens seen: {int(tokens):,} ({int(trained):,} trained)")
+        checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or getattr(
+            trainer.checkpoint_callback, "best_model_path", ""
+        )
+        if checkpoint:
+            lines.append(f"checkpoint: {checkpoint}")
+        if trainer.logger is not None and trainer.logger.log_dir:
+            lines.append(f"logs: {trainer.logger.log_dir}")
+        return lines
+
+    @rank_zero_only
+    def _print(self, trainer: Trainer, title: str) -> None:
+        log.info("\n".join([f"lit_sft {title} summary", *(f"  {line}" for line in self.lines(trainer))]))
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._print(trainer, "fit")
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "train_losses": self.train_losses}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [tuple(item) for item in state_dict.get("history", [])]
+        self.train_losses = [tuple(item) for item in state_dict.get("train_losses", [])]

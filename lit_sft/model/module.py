@@ -1,0 +1,299 @@
+"""`SFTModule`: any ``AutoModelForCausalLM``, full fine-tuning or LoRA, with a per-token mean loss."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics import MeanMetric
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from lit_sft.errors import ConfigError
+from lit_sft.model.loss import step_normalized_loss, token_loss_sum
+from lit_sft.model.scheduler import WarmupDecayLR
+from lit_sft.tokenizer import load_tokenizer
+
+log = logging.getLogger("lit_sft")
+
+DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def _takes_unset_argument(factory: Any, name: str) -> bool:
+    """Whether ``factory`` (a class, function or partial, as jsonargparse builds) takes ``name`` and it is unset."""
+    if isinstance(factory, functools.partial) and name in factory.keywords:
+        return factory.keywords[name] is None
+    try:
+        parameter = inspect.signature(factory).parameters.get(name)
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.default is None
+
+
+@dataclass
+class LoraOptions:
+    """LoRA adapters (through peft); only adapter weights train.
+
+    Args:
+        r: Adapter rank.
+        alpha: Scaling numerator (``lora_alpha``); the update is scaled by ``alpha / r``.
+        dropout: Dropout on the adapter input.
+        target_modules: Module names to adapt (``[q_proj, k_proj, v_proj, o_proj]``) or ``all-linear``.
+        modules_to_save: Modules trained in full besides the adapters (e.g. ``[lm_head]``).
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+    modules_to_save: list[str] | None = None
+
+
+@dataclass
+class _StepState:
+    """What the current optimizer step has accumulated so far (for logging)."""
+
+    loss: torch.Tensor | None = None
+    trained_tokens: int = 0
+    tokens: int = 0
+    totals: dict[str, int] = field(default_factory=lambda: {"tokens": 0, "trained_tokens": 0})
+
+
+class SFTModule(LightningModule):
+    """Supervised fine-tuning of a Hugging Face causal language model.
+
+    The loss of an optimizer step is the mean over every trained token of the step, whatever the
+    micro-batch size, gradient accumulation or number of devices (batches from `SFTDataModule` carry the
+    step's token count). Subclass it to change the loss (`compute_loss_sum`) or how the model is built
+    (`build_model`).
+
+    Args:
+        model_name_or_path: A Hub id or local directory for ``AutoModelForCausalLM.from_pretrained``.
+        model_config: Instead of pretrained weights, a model config for random initialisation, e.g.
+            ``{model_type: qwen2, hidden_size: 256, num_hidden_layers: 4, ...}``; ``vocab_size`` and the
+            special token ids default to the tokenizer's.
+        tokenizer_name_or_path: The tokenizer (default: ``model_name_or_path``); ``builtin:byte-chatml``
+            is a byte-level ChatML tokenizer that needs no download.
+        chat_template: A Jinja chat template (text or ``.jinja`` file) replacing the tokenizer's own.
+        dtype: Weight dtype when loading (``float32`` suits mixed precision; ``auto`` keeps the checkpoint's).
+        attn_implementation: ``sdpa``, ``eager``, ``flash_attention_2`` or ``flex_attention``.
+        trust_remote_code: Allow models and tokenizers with custom code.
+        model_kwargs: Further keyword arguments for ``from_pretrained`` / ``from_config``.
+        lora: LoRA options; None trains every weight.
+        gradient_checkpointing: Recompute activations in the backward pass (non-reentrant).
+        optimizer: The optimizer, called with the trainable parameters.
+        lr_scheduler: The learning-rate scheduler, called with the optimizer (and ``total_steps`` when it
+            takes that argument, as `WarmupDecayLR` does); stepped every optimizer step.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        model_config: dict[str, Any] | None = None,
+        tokenizer_name_or_path: str | None = None,
+        chat_template: str | None = None,
+        dtype: DTypeName = "float32",
+        attn_implementation: str | None = "sdpa",
+        trust_remote_code: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+        lora: LoraOptions | None = None,
+        gradient_checkpointing: bool = False,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = WarmupDecayLR,
+    ) -> None:
+        super().__init__()
+        if (model_name_or_path is None) == (model_config is None):
+            raise ConfigError("set exactly one of model.model_name_or_path and model.model_config")
+        if model_config is not None and "model_type" not in model_config:
+            raise ConfigError("model.model_config needs a model_type (e.g. qwen2, llama)")
+        if dtype not in ("auto", *DTYPES):
+            raise ConfigError(f"model.dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.model_name_or_path = model_name_or_path
+        self.model_config = dict(model_config) if model_config else None
+        self.tokenizer_name_or_path = tokenizer_name_or_path or model_name_or_path
+        self.chat_template = chat_template
+        self.dtype_name = dtype
+        self.attn_implementation = attn_implementation
+        self.trust_remote_code = trust_remote_code
+        self.model_kwargs = dict(model_kwargs or {})
+        self.lora = LoraOptions(**lora) if isinstance(lora, dict) else lora
+        self.gradient_checkpointing = gradient_checkpointing
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.model: PreTrainedModel | None = None
+        self.val_loss = MeanMetric()
+        self._step = _StepState()
+        self._tokenizer: Any = None
+
+    # ----------------------------------------------------------------------------------------- model
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer (loaded on first use)."""
+        if self._tokenizer is None:
+            if not self.tokenizer_name_or_path:
+                raise ConfigError(
+                    "model.tokenizer_name_or_path is needed when the model comes from model_config"
+                )
+            self._tokenizer = load_tokenizer(
+                self.tokenizer_name_or_path, self.chat_template, self.trust_remote_code
+            )
+        return self._tokenizer
+
+    def _load_kwargs(self) -> dict[str, Any]:
+        kwargs = {"trust_remote_code": self.trust_remote_code, **self.model_kwargs}
+        if self.attn_implementation:
+            kwargs["attn_implementation"] = self.attn_implementation
+        if self.dtype_name != "auto":
+            kwargs["dtype"] = DTYPES[self.dtype_name]
+        return kwargs
+
+    def build_model(self) -> PreTrainedModel:
+        """Load or randomly initialise the Hugging Face model (before LoRA and checkpointing are applied)."""
+        kwargs = self._load_kwargs()
+        if self.model_name_or_path is not None:
+            try:
+                return AutoModelForCausalLM.from_pretrained(self.model_name_or_path, **kwargs)
+            except OSError as error:
+                raise ConfigError(f"cannot load a model from {self.model_name_or_path!r}: {error}") from None
+        config_values = dict(self.model_config or {})
+        model_type = config_values.pop("model_type")
+        tokenizer = self.tokenizer
+        config_values.setdefault("vocab_size", len(tokenizer))
+        if config_values["vocab_size"] < len(tokenizer):
+            raise ConfigError(
+                f"model_config.vocab_size={config_values['vocab_size']} is smaller than the tokenizer ({len(tokenizer)})"
+            )
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            config_values.setdefault(name, getattr(tokenizer, name))
+        config = AutoConfig.for_model(model_type, **config_values)
+        kwargs.pop("trust_remote_code")
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=self.trust_remote_code, **kwargs)
+
+    def configure_model(self) -> None:
+        """Build the model once: load, then gradient checkpointing, then LoRA adapters."""
+        if self.model is not None:
+            return
+        model = self.build_model()
+        model.config.use_cache = False  # a KV cache is useless in training and breaks packed attention
+        if self.gradient_checkpointing:
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            config = LoraConfig(
+                r=self.lora.r,
+                lora_alpha=self.lora.alpha,
+                lora_dropout=self.lora.dropout,
+                target_modules=self.lora.target_modules,
+                modules_to_save=self.lora.modules_to_save,
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(model, config)
+        self.model = model
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        log.info(f"model: {type(model).__name__}, {total:,} parameters, {trainable:,} trainable")
+
+    # ------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits of the wrapped model (no KV cache)."""
+        assert self.model is not None, "call configure_model() first (the Trainer does)"
+        output = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
+        return output.logits
+
+    def compute_loss_sum(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum of token losses over the batch's targets, and the number of targets."""
+        logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"))
+        return token_loss_sum(logits, batch["labels"])
+
+    # ------------------------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """Backpropagate this micro-batch's share of the optimizer step's per-token mean loss."""
+        if "step_trained_tokens" not in batch:
+            raise ConfigError(
+                "training batches must carry step_trained_tokens (the trained tokens of their whole optimizer "
+                "step) for the per-token mean loss; build dataloaders with lit_sft.data.MicroBatchSampler and "
+                "MicroBatchDataset, as SFTDataModule does"
+            )
+        loss_sum, _ = self.compute_loss_sum(batch)
+        step_trained_tokens = int(batch["step_trained_tokens"])
+        loss = step_normalized_loss(
+            loss_sum, step_trained_tokens, self.trainer.accumulate_grad_batches, self.trainer.world_size
+        )
+        share = loss_sum.detach() / max(step_trained_tokens, 1)
+        self._step.loss = share if self._step.loss is None else self._step.loss + share
+        self._step.trained_tokens = step_trained_tokens
+        self._step.tokens = int(batch["step_tokens"])
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Log the step's loss, the gradient norm (before clipping), the learning rate and tokens seen."""
+        grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads, norm_type=2.0), on_step=True)
+        if self._step.loss is not None:
+            # Each rank holds its micro-batches' share of the step mean; their sum is the step mean.
+            self.log(
+                "train/loss", self._step.loss, on_step=True, prog_bar=True, sync_dist=True, reduce_fx="sum"
+            )
+        self._step.totals["trained_tokens"] += self._step.trained_tokens
+        self._step.totals["tokens"] += self._step.tokens
+        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True)
+        self.log("train/trained_tokens_seen", float(self._step.totals["trained_tokens"]), on_step=True)
+        self.log("train/tokens_seen", float(self._step.totals["tokens"]), on_step=True)
+        self._step.loss = None
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Accumulate the validation loss as a per-token mean over the whole validation set."""
+        loss_sum, num_targets = self.compute_loss_sum(batch)
+        self.val_loss.update(loss_sum / torch.clamp(num_targets, min=1), weight=num_targets)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
+
+    # ---------------------------------------------------------------------------------- optimizers
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters that receive gradients (all of them, or only the LoRA adapters)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> Any:
+        """The injected optimizer on trainable parameters, and the scheduler stepped every optimizer step."""
+        optimizer = self.optimizer_factory(self.trainable_parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        kwargs = {}
+        if _takes_unset_argument(self.lr_scheduler_factory, "total_steps"):
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.lr_scheduler_factory(optimizer, **kwargs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lit_sft"] = {
+            "totals": dict(self._step.totals),
+            "lora": asdict(self.lora) if self.lora else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("lit_sft", {})
+        self._step.totals.update(state.get("totals", {}))

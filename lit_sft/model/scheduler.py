@@ -1,0 +1,72 @@
+"""Learning-rate schedule: linear warmup, then cosine, linear or constant."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+from lit_sft.errors import ConfigError
+
+Schedule = Literal["cosine", "linear", "constant"]
+
+
+def warmup_decay_factor(
+    step: int, *, schedule: Schedule, warmup_steps: int, total_steps: int, min_lr_ratio: float
+) -> float:
+    """The learning-rate multiplier at ``step`` (0-based optimizer steps).
+
+    Warmup rises linearly from ``1 / (warmup_steps + 1)`` so that the first step already learns, reaching
+    1 at ``warmup_steps``; the decay then goes from 1 to ``min_lr_ratio`` at ``total_steps``.
+    """
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if schedule == "constant":
+        return 1.0
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    shape = 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * shape
+
+
+class WarmupDecayLR(LambdaLR):
+    """Linear warmup by steps or ratio, then cosine, linear or constant decay; stepped every optimizer step.
+
+    Args:
+        optimizer: The optimizer.
+        schedule: ``cosine``, ``linear`` or ``constant`` after warmup.
+        warmup_steps: Warmup length in optimizer steps.
+        warmup_ratio: Warmup length as a fraction of ``total_steps`` (used when ``warmup_steps`` is 0).
+        min_lr_ratio: The decay ends at this fraction of the peak learning rate.
+        total_steps: Total optimizer steps; `SFTModule` fills it from the Trainer.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        schedule: Schedule = "cosine",
+        warmup_steps: int = 0,
+        warmup_ratio: float = 0.0,
+        min_lr_ratio: float = 0.0,
+        total_steps: int | None = None,
+    ) -> None:
+        if schedule not in ("cosine", "linear", "constant"):
+            raise ConfigError(f"lr schedule must be cosine, linear or constant, got {schedule!r}")
+        if not 0.0 <= warmup_ratio < 1.0 or not 0.0 <= min_lr_ratio <= 1.0:
+            raise ConfigError("warmup_ratio must be in [0, 1) and min_lr_ratio in [0, 1]")
+        if total_steps is None and (schedule != "constant" or warmup_ratio > 0):
+            raise ConfigError(
+                f"the {schedule} schedule needs total_steps (set trainer.max_steps or max_epochs)"
+            )
+        total = int(total_steps or 0)
+        self.warmup_steps = warmup_steps or int(warmup_ratio * total)
+        self.total_steps = total
+        factor = {
+            "schedule": schedule,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": total,
+            "min_lr_ratio": min_lr_ratio,
+        }
+        super().__init__(optimizer, lambda step: warmup_decay_factor(step, **factor))
