@@ -1,0 +1,96 @@
+"""The ``lit-sft`` command: ``lit-sft fit --config …`` and ``lit-sft validate --config … --ckpt_path …``.
+
+A `LightningCLI` over `SFTModule` and `SFTDataModule` (or subclasses named by ``class_path``). The
+model's tokenizer settings are linked into the data module so that they always agree. ``main(args)``
+runs it in-process (notebooks, tests); ``entry_point()`` is the console script, which prints lit_sft's
+errors as one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from jsonargparse import lazy_instance
+from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+
+from lit_sft.callbacks import RunSummary
+from lit_sft.data import SFTDataModule
+from lit_sft.errors import LitSFTError
+from lit_sft.model import SFTModule
+
+log = logging.getLogger("lit_sft")
+
+
+def _first_set(*values: Any) -> Any:
+    return next((value for value in values if value is not None), None)
+
+
+class SFTCLI(LightningCLI):
+    """LightningCLI with the ``fit`` and ``validate`` subcommands and lit_sft's argument links."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {
+            "fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
+            "validate": {"model", "dataloaders", "datamodule"},
+        }
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.link_arguments(
+            ("model.init_args.tokenizer_name_or_path", "model.init_args.model_name_or_path"),
+            "data.init_args.tokenizer_name_or_path",
+            compute_fn=_first_set,
+        )
+        parser.link_arguments("model.init_args.chat_template", "data.init_args.chat_template")
+        parser.link_arguments("model.init_args.trust_remote_code", "data.init_args.trust_remote_code")
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Send lit_sft's messages (split summaries, the run summary) to stderr, once."""
+    if not any(getattr(handler, "_lit_sft", False) for handler in log.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._lit_sft = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(level)
+
+
+def main(args: ArgsType = None, run: bool = True) -> SFTCLI:
+    """Build (and with ``run``, run) the CLI.
+
+    Args:
+        args: Command-line style arguments (``["fit", "--config", "configs/quickstart.yaml"]``) or a dict;
+            ``sys.argv`` when None.
+        run: Run the subcommand; with False only instantiate the model, data and trainer.
+    """
+    configure_logging()
+    return SFTCLI(
+        SFTModule,
+        SFTDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_defaults={
+            "callbacks": [RunSummary()],
+            "logger": lazy_instance(CSVLogger, save_dir="runs", name="lit_sft"),
+        },
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={
+            "prog": "lit-sft",
+            "description": "Supervised fine-tuning of Hugging Face causal LMs on Lightning.",
+        },
+        args=args,
+        run=run,
+    )
+
+
+def entry_point() -> None:
+    """The ``lit-sft`` console script."""
+    try:
+        main()
+    except LitSFTError as error:
+        print(f"lit-sft: error: {error}", file=sys.stderr)
+        sys.exit(2)

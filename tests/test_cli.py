@@ -1,0 +1,118 @@
+"""The real command line: `lit-sft fit` / `lit-sft validate` in subprocesses, help and error output."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lit_sft.cli import entry_point, main
+from tests.helpers import write_jsonl
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+QUICKSTART = os.path.join(ROOT, "configs", "quickstart.yaml")
+
+
+def run(command: list[str], cwd: str, env_overrides: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env_overrides}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.mark.slow
+def test_fit_then_validate_through_the_real_cli(tmp_path) -> None:
+    env = {"LIT_SFT_CACHE": str(tmp_path / "cache"), "HF_DATASETS_CACHE": str(tmp_path / "hf")}
+    shrink = [
+        "--data.init_args.num_train", "64",
+        "--data.init_args.num_val", "16",
+        "--trainer.max_steps", "4",
+        "--trainer.val_check_interval", "2",
+        "--trainer.log_every_n_steps", "1",
+    ]  # fmt: skip
+    fit = run([sys.executable, "-m", "lit_sft", "fit", "--config", QUICKSTART, *shrink], str(tmp_path), env)
+    assert "train: 64 rows read, 64 kept, 0 dropped" in fit.stderr
+    assert "lit_sft fit summary" in fit.stderr and "val/loss: first" in fit.stderr
+    checkpoint = tmp_path / "runs" / "quickstart" / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file()
+    [log_dir] = glob.glob(str(tmp_path / "runs" / "quickstart" / "logs" / "version_*"))
+    assert os.path.isfile(os.path.join(log_dir, "config.yaml"))
+    with open(os.path.join(log_dir, "metrics.csv"), encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    train_losses = [float(row["train/loss"]) for row in rows if row.get("train/loss")]
+    val_losses = [(int(row["step"]), float(row["val/loss"])) for row in rows if row.get("val/loss")]
+    assert len(train_losses) == 4
+    assert [step for step, _ in val_losses] == [
+        0,
+        1,
+        3,
+    ]  # before training (sanity check), after steps 2 and 4
+    assert val_losses[-1][1] < val_losses[0][1]
+    assert {"train/grad_norm", "train/lr", "train/tokens_seen", "train/trained_tokens_seen"} <= set(rows[0])
+
+    validate = run(
+        [
+            os.path.join(os.path.dirname(sys.executable), "lit-sft"),
+            "validate",
+            "--config",
+            QUICKSTART,
+            *shrink[:4],
+            "--ckpt_path",
+            str(checkpoint),
+        ],
+        str(tmp_path),
+        env,
+    )
+    assert "val/loss" in validate.stdout + validate.stderr
+    assert "lit_sft validate summary" in validate.stderr
+
+
+def test_help_documents_options_from_docstrings(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--model.help" in text and "--data.help" in text
+    with pytest.raises(SystemExit):
+        main(["fit", "--data.help", "lit_sft.SFTDataModule"])
+    data_help = capsys.readouterr().out
+    assert "Column (or dotted path) of the response string" in data_help
+    assert "--data.truncation {left,right,error}" in data_help
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.help", "lit_sft.SFTModule"])
+    assert "Recompute activations in the backward pass" in capsys.readouterr().out
+
+
+def test_user_errors_print_one_line_without_a_traceback(tmp_path, monkeypatch, capsys) -> None:
+    bad = write_jsonl(
+        str(tmp_path / "bad.jsonl"), [{"question": "q", "answer": "a"}, {"question": "q", "answer": None}]
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "lit-sft", "fit", "--config", QUICKSTART,
+            "--data", "lit_sft.SFTDataModule",
+            "--data.init_args.train_files", bad,
+            "--data.init_args.prompt_key", "question",
+            "--data.init_args.response_key", "answer",
+        ],
+    )  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        entry_point()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"lit-sft: error: {bad}, row 1, field 'answer': response is null" in err
+    assert "Traceback" not in err
+
+
+def test_unknown_config_keys_fail_at_parse_time_naming_the_key(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", QUICKSTART, "--data.init_args.batch_sise", "4"])
+    assert exit_info.value.code != 0
+    assert "batch_sise" in capsys.readouterr().err

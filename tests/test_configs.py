@@ -1,0 +1,124 @@
+"""Every YAML in configs/ parses, builds its objects, and reads data of the shape it claims."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+from lit_sft import SFTDataModule, SFTModule
+from lit_sft.cli import main
+from tests.helpers import write_parquet
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+RECIPES = sorted(glob.glob(os.path.join(CONFIGS, "qwen2.5-0.5b", "*.yaml")))
+ALL = sorted(glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True))
+
+
+def test_every_config_starts_with_the_command_that_runs_it() -> None:
+    assert len(ALL) >= 6
+    for path in ALL:
+        with open(path, encoding="utf-8") as handle:
+            first_line = handle.readline()
+        relative = os.path.relpath(path, os.path.join(CONFIGS, ".."))
+        assert first_line.startswith("# lit-sft fit --config "), path
+        assert relative in first_line, f"{path}: the header command does not name the file"
+
+
+def recipe_data(tmp_path) -> dict[str, str]:
+    """Tiny files in the shapes the recipes read: verl's GSM8K SFT parquet and a messages parquet."""
+    gsm8k = [
+        {
+            "data_source": "openai/gsm8k",
+            "prompt": [{"role": "user", "content": f"What is {i} plus 2? Let's think step by step."}],
+            "extra_info": {
+                "question": f"What is {i} plus 2?",
+                "answer": f"{i}+2 = {i + 2}\n#### {i + 2}",
+                "index": i,
+            },
+        }
+        for i in range(6)
+    ]
+    chat = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Hi {i}"},
+                {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "Add 1 and 2"},
+                {"role": "assistant", "content": "3"},
+            ],
+            "tools": "",
+        }
+        for i in range(60)
+    ]
+    return {
+        "gsm8k": write_parquet(str(tmp_path / "gsm8k.parquet"), gsm8k),
+        "multiturn": write_parquet(str(tmp_path / "chat.parquet"), chat),
+    }
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
+def test_recipe_builds_with_a_tiny_stand_in_model_and_reads_its_data(
+    path: str, tiny_model_dir: str, tmp_path
+) -> None:
+    files = recipe_data(tmp_path)
+    data_file = files["multiturn"] if "multiturn" in path else files["gsm8k"]
+    args = [
+        "--config", path,
+        "--model.init_args.model_name_or_path", tiny_model_dir,
+        "--trainer.accelerator", "cpu",
+        "--trainer.devices", "1",
+        "--trainer.precision", "32-true",
+        "--trainer.default_root_dir", str(tmp_path / "run"),
+        "--data.init_args.train_files", data_file,
+        "--data.init_args.num_workers", "0",
+    ]  # fmt: skip
+    with open(path, encoding="utf-8") as handle:
+        has_val_files = "val_files" in handle.read()
+    if has_val_files:
+        args += ["--data.init_args.val_files", data_file]
+    cli = main(args, run=False)
+    assert isinstance(cli.model, SFTModule) and isinstance(cli.datamodule, SFTDataModule)
+    assert cli.datamodule.tokenizer_name_or_path == tiny_model_dir  # linked from the model
+    cli.model.configure_model()
+    cli.datamodule.setup("fit")
+    summary = cli.datamodule.summaries["train"]
+    assert summary.kept == summary.rows_read > 0
+    if "lora" in path:
+        trainable = {n for n, p in cli.model.named_parameters() if p.requires_grad}
+        assert trainable and all("lora_" in n for n in trainable)
+        assert cli.model.lora.r == 16 and cli.model.lora.alpha == 32
+
+
+def test_quickstart_builds_its_own_tokenizer_and_data(tmp_path) -> None:
+    cli = main(
+        [
+            "--config", os.path.join(CONFIGS, "quickstart.yaml"),
+            "--data.init_args.num_train", "16",
+            "--data.init_args.num_val", "4",
+            "--trainer.default_root_dir", str(tmp_path),
+        ],
+        run=False,
+    )  # fmt: skip
+    assert cli.datamodule.tokenizer_name_or_path == "builtin:byte-chatml"
+    cli.datamodule.setup("fit")
+    assert (cli.datamodule.summaries["train"].kept, cli.datamodule.summaries["val"].kept) == (16, 4)
+    first = cli.datamodule.tokenizer.decode(cli.datamodule.train_dataset[0]["input_ids"])
+    assert "\n#### " in first
+
+
+@pytest.mark.parametrize(
+    ("logger_config", "logger_class"),
+    [("tensorboard.yaml", TensorBoardLogger), ("wandb.yaml", WandbLogger), (None, CSVLogger)],
+)
+def test_logger_configs_compose_with_the_quickstart(
+    logger_config, logger_class, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", os.path.join(CONFIGS, "quickstart.yaml")]
+    if logger_config:
+        args += ["--config", os.path.join(CONFIGS, "loggers", logger_config)]
+    cli = main(args, run=False)
+    assert isinstance(cli.trainer.logger, logger_class)
