@@ -87,10 +87,21 @@ def main(args: ArgsType = None, run: bool = True) -> SFTCLI:
     )
 
 
-def entry_point() -> None:
-    """The ``lit-sft`` console script."""
+#: Commands besides LightningCLI's fit/validate: name -> (module, function taking the remaining args).
+COMMANDS = {"evaluate": "lit_sft.evaluate", "generate": "lit_sft.evaluate"}
+
+
+def entry_point(argv: list[str] | None = None) -> None:
+    """The ``lit-sft`` console script: ``fit``/``validate`` (LightningCLI), ``evaluate``, ``generate``."""
+    words = sys.argv[1:] if argv is None else argv
     try:
-        main()
+        if words and words[0] in COMMANDS:
+            configure_logging()
+            import importlib
+
+            importlib.import_module(COMMANDS[words[0]]).main(words[0], words[1:])
+        else:
+            main(argv)
     except LitSFTError as error:
         print(f"lit-sft: error: {error}", file=sys.stderr)
         sys.exit(2)

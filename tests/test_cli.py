@@ -37,10 +37,13 @@ def test_fit_then_validate_through_the_real_cli(tmp_path) -> None:
     fit = run([sys.executable, "-m", "lit_sft", "fit", "--config", QUICKSTART, *shrink], str(tmp_path), env)
     assert "train: 64 rows read, 64 kept, 0 dropped" in fit.stderr
     assert "lit_sft fit summary" in fit.stderr and "val/loss: first" in fit.stderr
+    assert "val/gsm8k_acc_strict: first 0.0% (step 0)" in fit.stderr
     checkpoint = tmp_path / "runs" / "quickstart" / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file()
     [log_dir] = glob.glob(str(tmp_path / "runs" / "quickstart" / "logs" / "version_*"))
     assert os.path.isfile(os.path.join(log_dir, "config.yaml"))
+    gsm8k = sorted(os.listdir(os.path.join(log_dir, "gsm8k")))
+    assert gsm8k == ["step-000000.jsonl", "step-000002.jsonl", "step-000004.jsonl"]
     with open(os.path.join(log_dir, "metrics.csv"), encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     train_losses = [float(row["train/loss"]) for row in rows if row.get("train/loss")]
@@ -68,7 +71,7 @@ def test_fit_then_validate_through_the_real_cli(tmp_path) -> None:
         env,
     )
     assert "val/loss" in validate.stdout + validate.stderr
-    assert "lit_sft validate summary" in validate.stderr
+    assert "lit_sft validate summary" in validate.stderr and "val/gsm8k_acc_strict" in validate.stderr
 
 
 def test_help_documents_options_from_docstrings(capsys) -> None:

@@ -1,5 +1,6 @@
 """Callbacks that Lightning does not have."""
 
+from lit_sft.callbacks.gsm8k import GSM8KEvaluation
 from lit_sft.callbacks.summary import RunSummary
 
-__all__ = ["RunSummary"]
+__all__ = ["GSM8KEvaluation", "RunSummary"]

@@ -1,4 +1,4 @@
-"""`RunSummary`: the closing summary of a run (first and last validation loss, time, tokens, files)."""
+"""`RunSummary`: the closing summary of a run (first and last validation metrics, time, tokens, files)."""
 
 from __future__ import annotations
 
@@ -16,29 +16,36 @@ log = logging.getLogger("lit_sft")
 
 
 class RunSummary(Callback):
-    """Records every validation loss and prints a summary when ``fit`` or ``validate`` ends.
+    """Records every validation metric (``val/*``) and prints a summary when ``fit`` or ``validate`` ends.
 
     When the sanity check covers the whole validation set (``trainer.num_sanity_val_steps: -1``), its loss
     is the loss before any training: it is recorded as step 0 and written to the loggers, so the first
-    validation loss is that of the untrained model.
-
-    Args:
-        monitor: The validation metric to record.
+    validation loss is that of the untrained model. Metrics logged before training starts (such as a
+    GSM8K evaluation at step 0) are recorded too.
     """
 
-    def __init__(self, monitor: str = "val/loss") -> None:
-        self.monitor = monitor
-        self.history: list[tuple[int, float]] = []
+    def __init__(self) -> None:
+        self.history: dict[str, list[tuple[int, float]]] = {}
         self.train_losses: list[tuple[int, float]] = []
         self._start = time.monotonic()
-
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(monitor=self.monitor)
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._start = time.monotonic()
+
+    def _record(self, trainer: Trainer, step: int) -> None:
+        for name, value in trainer.callback_metrics.items():
+            if not name.startswith("val/"):
+                continue
+            points = self.history.setdefault(name, [])
+            if points and points[-1][0] == step:
+                points[-1] = (step, float(value))
+            elif not points or points[-1][1] != float(value):
+                points.append((step, float(value)))
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._record(trainer, trainer.global_step)
 
     @override
     def on_train_batch_end(
@@ -50,24 +57,26 @@ class RunSummary(Callback):
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            return
         if trainer.sanity_checking:
-            if not self._sanity_covers_all(trainer):
+            value = trainer.callback_metrics.get("val/loss")
+            if value is None or not self._sanity_covers_all(trainer):
                 return
             for logger in trainer.loggers:
-                logger.log_metrics({self.monitor: float(value)}, step=0)
-        self.history.append((trainer.global_step, float(value)))
+                logger.log_metrics({"val/loss": float(value)}, step=0)
+        self._record(trainer, trainer.global_step)
         if trainer.state.fn == TrainerFn.VALIDATING:
             self._print(trainer, "validate")
 
     @staticmethod
     def _sanity_covers_all(trainer: Trainer) -> bool:
         limit = trainer.num_sanity_val_steps
-        return (
-            all(math.isinf(limit) or limit >= batches for batches in trainer.num_val_batches) or limit == -1
+        return limit == -1 or all(
+            math.isinf(limit) or limit >= batches for batches in trainer.num_val_batches
         )
+
+    @staticmethod
+    def _format(name: str, value: float) -> str:
+        return f"{value:.1%}" if "acc" in name else f"{value:.4f}"
 
     def lines(self, trainer: Trainer) -> list[str]:
         """The summary, one string per line."""
@@ -79,12 +88,12 @@ class RunSummary(Callback):
         if self.train_losses:
             (first_step, first), (last_step, last) = self.train_losses[0], self.train_losses[-1]
             lines.append(f"train/loss: {first:.4f} (step {first_step}) -> {last:.4f} (step {last_step})")
-        if self.history:
-            (first_step, first), (last_step, last) = self.history[0], self.history[-1]
-            best_step, best = min(self.history, key=lambda item: item[1])
+        for name, points in sorted(self.history.items()):
+            (first_step, first), (last_step, last) = points[0], points[-1]
+            best_step, best = (min if "loss" in name else max)(points, key=lambda item: item[1])
             lines.append(
-                f"{self.monitor}: first {first:.4f} (step {first_step}) -> last {last:.4f} (step {last_step}); "
-                f"best {best:.4f} (step {best_step})"
+                f"{name}: first {self._format(name, first)} (step {first_step}) -> last "
+                f"{self._format(name, last)} (step {last_step}); best {self._format(name, best)} (step {best_step})"
             )
         tokens = trainer.callback_metrics.get("train/tokens_seen")
         trained = trainer.callback_metrics.get("train/trained_tokens_seen")
@@ -105,6 +114,7 @@ class RunSummary(Callback):
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._record(trainer, trainer.global_step)
         self._print(trainer, "fit")
 
     @override
@@ -113,5 +123,6 @@ class RunSummary(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [tuple(item) for item in state_dict.get("history", [])]
+        history = state_dict.get("history", {})
+        self.history = {name: [tuple(point) for point in points] for name, points in history.items()}
         self.train_losses = [tuple(item) for item in state_dict.get("train_losses", [])]

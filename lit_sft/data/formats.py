@@ -185,7 +185,14 @@ def _messages_conversation(row: Mapping[str, Any], options: FormatOptions) -> Co
     return Conversation(messages=messages, trained=trained, tools=tools, field=options.messages_key)
 
 
-def _prompt_response_conversation(row: Mapping[str, Any], options: FormatOptions) -> Conversation:
+def prompt_messages(row: Mapping[str, Any], options: FormatOptions) -> list[dict[str, Any]]:
+    """The prompt of a ``prompt_response`` row as chat messages (a string prompt becomes a user message).
+
+    The system prompt option is applied as in training, so evaluation prompts match training prompts.
+
+    Raises:
+        InvalidRow: When the prompt is missing, null, empty or malformed.
+    """
     prompt = get_path(row, options.prompt_key)
     if isinstance(prompt, str):
         if not prompt.strip():
@@ -195,6 +202,13 @@ def _prompt_response_conversation(row: Mapping[str, Any], options: FormatOptions
         raise InvalidRow(options.prompt_key, "prompt is null", kind="invalid_content")
     else:
         messages = normalize_messages(prompt, options.prompt_key)
+    if options.system_prompt is not None and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": options.system_prompt})
+    return messages
+
+
+def _prompt_response_conversation(row: Mapping[str, Any], options: FormatOptions) -> Conversation:
+    messages = prompt_messages(row, options)
     response = get_path(row, options.response_key)
     if response is None:
         raise InvalidRow(options.response_key, "response is null", kind="invalid_content")
@@ -232,7 +246,11 @@ def row_to_conversation(
     if not any(conversation.trained):
         field_name = options.messages_key if fmt == "messages" else options.response_key
         raise InvalidRow(field_name, "the conversation has no assistant message to train", "no_assistant")
-    if options.system_prompt is not None and conversation.messages[0]["role"] != "system":
+    if (
+        fmt == "messages"
+        and options.system_prompt is not None
+        and conversation.messages[0]["role"] != "system"
+    ):
         conversation.messages.insert(0, {"role": "system", "content": options.system_prompt})
         conversation.trained.insert(0, False)
     return conversation

@@ -217,7 +217,7 @@ def test_the_accumulation_test_would_catch_a_mean_of_micro_batch_means(tmp_path)
     sums, counts = zip(*(module.compute_loss_sum(batch) for batch in batches), strict=True)
     per_token = sum(sums) / sum(counts)
     mean_of_means = sum(s / c for s, c in zip(sums, counts, strict=True)) / len(sums)
-    assert abs(float(per_token - mean_of_means)) > 1e-3  # vs. agreement to 1e-6 above
+    assert abs(float((per_token - mean_of_means).detach())) > 1e-3  # vs. agreement to 1e-6 above
     grad_per_token = torch.autograd.grad(per_token, module.model.lm_head.weight, retain_graph=True)[0]
     grad_mean_of_means = torch.autograd.grad(mean_of_means, module.model.lm_head.weight)[0]
     assert not torch.allclose(grad_per_token, grad_mean_of_means, rtol=1e-2, atol=1e-5)
