@@ -39,3 +39,29 @@ class PaddingCollator:
             batch_labels[row, : len(ids)] = torch.as_tensor(row_labels, dtype=torch.long)
             attention_mask[row, : len(ids)] = 1
         return {"input_ids": batch_ids, "attention_mask": attention_mask, "labels": batch_labels}
+
+
+class PackedCollator:
+    """Concatenates rows into one padding-free sequence of shape ``(1, total_tokens)``.
+
+    ``position_ids`` restart at 0 for every row, which is how transformers' attention implementations
+    (flash-attention varlen, SDPA, flex and eager block masks) keep rows from attending to each other
+    when no ``attention_mask`` is given and no KV cache is used. Each row's first label is masked: it
+    would otherwise be "predicted" from the previous row's last token (in a padded batch a row's first
+    label is never a target either, so packed and padded losses are equal).
+    """
+
+    def __call__(
+        self, input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]]
+    ) -> dict[str, torch.Tensor]:
+        """Pack ``input_ids`` and ``labels`` (lists of rows) into ``input_ids``, ``labels``, ``position_ids``."""
+        ids = torch.as_tensor([token for row in input_ids for token in row], dtype=torch.long)
+        row_labels = [torch.as_tensor(row, dtype=torch.long) for row in labels]
+        for row in row_labels:
+            row[0] = IGNORE_INDEX
+        positions = torch.cat([torch.arange(len(row), dtype=torch.long) for row in input_ids])
+        return {
+            "input_ids": ids[None],
+            "labels": torch.cat(row_labels)[None],
+            "position_ids": positions[None],
+        }

@@ -10,43 +10,18 @@ import datasets
 import numpy as np
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader, Dataset
 
-from lit_sft.data.collate import PaddingCollator
+from lit_sft.data.collate import PackedCollator, PaddingCollator
 from lit_sft.data.formats import AssistantTurns, FormatOptions, RowFormat
+from lit_sft.data.loader import MicroBatchDataset, ResumableDataLoader
 from lit_sft.data.loading import Source, expand_specs, load_source
 from lit_sft.data.pipeline import RowTokenizer, SplitSummary, check_columns, split_positions, tokenize_split
-from lit_sft.data.sampler import MicroBatch, MicroBatchSampler
-from lit_sft.data.tokenize import IGNORE_INDEX, TokenizeOptions, Truncation
+from lit_sft.data.sampler import MicroBatchSampler
+from lit_sft.data.tokenize import TokenizeOptions, Truncation
 from lit_sft.errors import ConfigError
 from lit_sft.tokenizer import load_tokenizer
 
 log = logging.getLogger("lit_sft")
-
-
-class MicroBatchDataset(Dataset):
-    """Maps a `MicroBatch` from the sampler to a collated batch of tensors.
-
-    Besides ``input_ids``, ``attention_mask`` and ``labels``, a batch carries ``step_trained_tokens`` and
-    ``step_tokens`` (see `MicroBatchSampler`), which the loss uses to normalise.
-    """
-
-    def __init__(self, dataset: datasets.Dataset, collator: PaddingCollator) -> None:
-        self.dataset = dataset
-        self.collator = collator
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, micro_batch: MicroBatch) -> dict[str, Any]:  # type: ignore[override]
-        rows = self.dataset[list(micro_batch.indices)]
-        batch = self.collator(rows["input_ids"], rows["labels"])
-        if micro_batch.weight == 0:
-            batch["labels"].fill_(IGNORE_INDEX)
-        # Plain ints: Lightning moves only tensors to the device, so reading them never syncs.
-        batch["step_trained_tokens"] = micro_batch.step_trained_tokens
-        batch["step_tokens"] = micro_batch.step_tokens
-        return batch
 
 
 class SFTDataModule(LightningDataModule):
@@ -86,8 +61,14 @@ class SFTDataModule(LightningDataModule):
         max_val_samples: Use at most this many validation rows.
         skip_invalid_rows: Drop malformed rows and count them instead of stopping with an error.
         dataset_config_name: Configuration name of Hub datasets (``main`` for ``openai/gsm8k``).
-        batch_size: Rows per micro-batch on each device.
+        batch_size: Rows per micro-batch on each device (when ``max_tokens_per_batch`` is not set).
         val_batch_size: Rows per validation batch (default: ``batch_size``).
+        max_tokens_per_batch: A token budget per micro-batch instead of a row count: with ``packing``, the
+            length of each packed sequence (default: ``max_length``); without, length-grouped padded
+            batches of at most this many tokens, padding included.
+        packing: Padding-free packing: rows are packed best-fit-decreasing into sequences of
+            ``max_tokens_per_batch`` tokens whose ``position_ids`` restart at 0 for every row, so no row
+            attends to another (SDPA, eager and flex attention on CPU or GPU, flash-attention on GPU).
         pad_to_multiple_of: Round padded lengths up to a multiple of this.
         shuffle: Shuffle training rows every epoch.
         seed: Seed of the shuffle and of the ``val_ratio`` split.
@@ -122,6 +103,8 @@ class SFTDataModule(LightningDataModule):
         dataset_config_name: str | None = None,
         batch_size: int = 8,
         val_batch_size: int | None = None,
+        max_tokens_per_batch: int | None = None,
+        packing: bool = False,
         pad_to_multiple_of: int | None = None,
         shuffle: bool = True,
         seed: int = 42,
@@ -136,6 +119,14 @@ class SFTDataModule(LightningDataModule):
             raise ConfigError(f"data.val_ratio must be in [0, 1), got {val_ratio}")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
+        if packing and max_tokens_per_batch is None:
+            if max_length is None:
+                raise ConfigError("data.packing needs data.max_tokens_per_batch (or data.max_length)")
+            max_tokens_per_batch = max_length
+        if max_tokens_per_batch is not None and max_length is not None and max_tokens_per_batch < max_length:
+            raise ConfigError(
+                f"data.max_tokens_per_batch ({max_tokens_per_batch}) must hold the longest row (max_length={max_length})"
+            )
         self.train_files = train_files
         self.val_files = val_files
         self.tokenizer_name_or_path = tokenizer_name_or_path
@@ -162,6 +153,7 @@ class SFTDataModule(LightningDataModule):
         self.dataset_config_name = dataset_config_name
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
+        self.max_tokens_per_batch, self.packing = max_tokens_per_batch, packing
         self.pad_to_multiple_of = pad_to_multiple_of
         self.shuffle, self.seed = shuffle, seed
         self.num_workers, self.num_proc = num_workers, num_proc
@@ -250,7 +242,9 @@ class SFTDataModule(LightningDataModule):
             return 1, 0, 1
         return trainer.world_size, trainer.global_rank, trainer.accumulate_grad_batches
 
-    def _collator(self) -> PaddingCollator:
+    def _collator(self) -> PaddingCollator | PackedCollator:
+        if self.packing:
+            return PackedCollator()
         return PaddingCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
 
     def _sampler(
@@ -261,6 +255,8 @@ class SFTDataModule(LightningDataModule):
             np.asarray(dataset["num_tokens"]),
             np.asarray(dataset["num_trained"]),
             batch_size,
+            max_tokens_per_batch=self.max_tokens_per_batch,
+            packing=self.packing,
             shuffle=shuffle,
             seed=self.seed,
             num_replicas=world_size,
@@ -268,24 +264,35 @@ class SFTDataModule(LightningDataModule):
             accumulate_grad_batches=accumulate,
         )
 
-    def _loader(self, dataset: datasets.Dataset, sampler: MicroBatchSampler) -> DataLoader:
-        return DataLoader(
+    def _consumed(self) -> int:
+        """Micro-batches of the current epoch that the training loop has processed (0 without a trainer)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+    def _loader(self, dataset: datasets.Dataset, sampler: MicroBatchSampler) -> ResumableDataLoader:
+        return ResumableDataLoader(
             MicroBatchDataset(dataset, self._collator()),
-            sampler=sampler,
-            batch_size=None,
+            sampler,
+            consumed=self._consumed,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        """Training micro-batches; each carries the token counts of its whole optimizer step."""
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Training micro-batches; each carries the token counts of its whole optimizer step.
+
+        Its ``state_dict`` (saved by Lightning in checkpoints) resumes at the exact next micro-batch.
+        """
         if self.train_dataset is None:
             self.setup("fit")
         _, _, accumulate = self._trainer_layout()
-        sampler = self._sampler(self.train_dataset, self.batch_size, self.shuffle, accumulate)
-        return self._loader(self.train_dataset, sampler)
+        return self._loader(
+            self.train_dataset, self._sampler(self.train_dataset, self.batch_size, self.shuffle, accumulate)
+        )
 
-    def val_dataloader(self) -> DataLoader | list:
+    def val_dataloader(self) -> ResumableDataLoader | list:
         """Validation batches, in order, the same number on every rank."""
         if self.val_dataset is None:
             return []

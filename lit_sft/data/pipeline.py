@@ -29,7 +29,7 @@ from lit_sft.tokenizer import tokenizer_fingerprint
 log = logging.getLogger("lit_sft")
 
 #: Bump when the tokenized output changes for the same inputs, so that old caches are not reused.
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 
 OK = "ok"
 NO_TRAINED_TOKENS = "no_trained_tokens"

@@ -1,5 +1,9 @@
 """The micro-batch plan: which rows form each micro-batch, on which rank, in which optimizer step.
 
+Micro-batches are ``batch_size`` rows (shuffled every epoch), or length-grouped batches under a token
+budget, or packed sequences under a token budget (see `lit_sft.data.packing`; their grouping is fixed
+and their order shuffled every epoch).
+
 The plan is computed identically on every rank from the row lengths and a seed, so each micro-batch can
 carry the number of trained tokens of its *whole optimizer step* (all micro-batches, all ranks) without
 any communication. The loss divides by that number, which makes it a true per-token mean over the
@@ -18,6 +22,8 @@ from typing import Any
 
 import numpy as np
 from torch.utils.data import DistributedSampler
+
+from lit_sft.data.packing import fixed_size_batches, pack_best_fit_decreasing, token_budget_batches
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,11 @@ class MicroBatchSampler(DistributedSampler):
     Args:
         num_tokens: Tokens of each row.
         num_trained: Trained tokens of each row.
-        batch_size: Rows per micro-batch.
-        shuffle: Shuffle rows each epoch (seeded by ``seed + epoch``).
+        batch_size: Rows per micro-batch (when ``max_tokens_per_batch`` is None).
+        max_tokens_per_batch: A token budget per micro-batch: with ``packing``, the length of each packed
+            sequence; without, rows x longest row of each length-grouped padded batch.
+        packing: Pack rows best-fit-decreasing into ``max_tokens_per_batch`` (padding-free).
+        shuffle: Shuffle each epoch (seeded by ``seed`` and the epoch).
         seed: The shuffling seed; every rank must use the same.
         num_replicas: Number of data-parallel ranks.
         rank: This rank.
@@ -58,16 +67,20 @@ class MicroBatchSampler(DistributedSampler):
         self,
         num_tokens: np.ndarray,
         num_trained: np.ndarray,
-        batch_size: int,
+        batch_size: int | None = None,
         *,
+        max_tokens_per_batch: int | None = None,
+        packing: bool = False,
         shuffle: bool = True,
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
         accumulate_grad_batches: int = 1,
     ) -> None:
-        if batch_size < 1:
+        if max_tokens_per_batch is None and (batch_size is None or batch_size < 1):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if packing and max_tokens_per_batch is None:
+            raise ValueError("packing needs max_tokens_per_batch")
         if len(num_tokens) == 0:
             raise ValueError("cannot sample from an empty dataset")
         self.num_tokens = np.asarray(num_tokens, dtype=np.int64)
@@ -75,11 +88,20 @@ class MicroBatchSampler(DistributedSampler):
         self.dataset = self.num_tokens  # what DistributedSampler's attributes refer to
         self.num_replicas, self.rank = num_replicas, rank
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.max_tokens_per_batch, self.packing = max_tokens_per_batch, packing
         self.accumulate_grad_batches = accumulate_grad_batches
         self.drop_last = False
         self.epoch = 0
         self._start = 0  # micro-batches of the current epoch to skip (set when resuming)
-        num_global = -(-len(self.num_tokens) // batch_size)
+        if max_tokens_per_batch is None:
+            self._groups = None
+            num_global = -(-len(self.num_tokens) // batch_size)
+        elif packing:
+            self._groups = pack_best_fit_decreasing(self.num_tokens, max_tokens_per_batch)
+            num_global = len(self._groups)
+        else:
+            self._groups = token_budget_batches(self.num_tokens, max_tokens_per_batch)
+            num_global = len(self._groups)
         self.num_samples = -(-num_global // num_replicas)  # micro-batches per rank
         self.total_size = self.num_samples * num_replicas
 
@@ -92,16 +114,25 @@ class MicroBatchSampler(DistributedSampler):
             self._start = 0
         self.epoch = epoch
 
-    def row_order(self, epoch: int) -> np.ndarray:
-        """The order in which rows are visited in ``epoch``."""
+    def _rng(self, epoch: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch])
+
+    def micro_batches(self, epoch: int) -> list[np.ndarray]:
+        """The row indices of every micro-batch of ``epoch``, in order (before sharding across ranks)."""
+        if self._groups is None:
+            order = (
+                self._rng(epoch).permutation(len(self.num_tokens))
+                if self.shuffle
+                else np.arange(len(self.num_tokens))
+            )
+            return fixed_size_batches(order, self.batch_size)
         if not self.shuffle:
-            return np.arange(len(self.num_tokens))
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.num_tokens))
+            return list(self._groups)
+        return [self._groups[i] for i in self._rng(epoch).permutation(len(self._groups))]
 
     def plan(self, epoch: int) -> list[MicroBatch]:
         """The global plan of ``epoch``: micro-batch ``g`` runs on rank ``g % num_replicas``."""
-        order = self.row_order(epoch)
-        chunks = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        chunks = self.micro_batches(epoch)
         weights = [1] * len(chunks)
         for filler in range(self.total_size - len(chunks)):
             chunks.append(chunks[filler % len(chunks)])

@@ -255,6 +255,10 @@ def truncate(
             input_ids, labels = input_ids[-options.max_length :], labels[-options.max_length :]
         else:
             input_ids, labels = input_ids[: options.max_length], labels[: options.max_length]
+    if labels:
+        # Nothing precedes the first token, so it is never a target (the model shifts); left truncation
+        # can cut into a response, and counting that label would skew the per-token normalisation.
+        labels[0] = IGNORE_INDEX
     return TokenizedConversation(input_ids, labels, original_length, len(input_ids) < original_length)
 
 

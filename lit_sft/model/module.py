@@ -8,7 +8,9 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
@@ -38,6 +40,55 @@ def _takes_unset_argument(factory: Any, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return parameter is not None and parameter.default is None
+
+
+@torch.no_grad()
+def check_packed_attention(model: torch.nn.Module, attn_implementation: str | None = None) -> None:
+    """Verify that packed rows do not attend to each other in this model.
+
+    Two short random rows are run separately and packed (``position_ids`` restarting, no attention mask,
+    no cache); their logits must agree. Transformers builds the block-diagonal mask from ``position_ids``
+    for its own attention implementations; a model with custom attention code may not, and would then
+    silently train every row on its neighbours.
+
+    Raises:
+        ConfigError: When the packed logits differ.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    vocab = model.get_input_embeddings().num_embeddings
+    generator = torch.Generator().manual_seed(0)
+    first, second = (torch.randint(0, vocab, (1, n), generator=generator).to(device) for n in (5, 7))
+    packed = torch.cat([first, second], dim=1)
+    positions = torch.cat([torch.arange(5), torch.arange(7)])[None].to(device)
+    alone = [model(input_ids=row, use_cache=False).logits.float() for row in (first, second)]
+    together = model(input_ids=packed, position_ids=positions, use_cache=False).logits.float()
+    model.train(was_training)
+    difference = max((together[:, :5] - alone[0]).abs().max(), (together[:, 5:] - alone[1]).abs().max())
+    scale = max(alone[0].abs().max(), alone[1].abs().max(), torch.tensor(1.0, device=device))
+    if difference > 1e-3 * scale:
+        raise ConfigError(
+            f"packing: this model (attn_implementation={attn_implementation!r}) lets packed rows attend to each "
+            f"other (logits differ by {float(difference):.3g}); use sdpa, flash_attention_2 or flex_attention, "
+            "or set data.packing=false"
+        )
+
+
+def _rng_states() -> dict[str, Any]:
+    """Lightning's RNG states, with NumPy's key array as a list so that ``weights_only`` loading accepts it."""
+    states = _collect_rng_states()
+    if "numpy" in states:
+        kind, keys, position, has_gauss, gauss = states["numpy"]
+        states["numpy"] = (kind, keys.tolist(), position, has_gauss, gauss)
+    return states
+
+
+def _from_plain_numpy_state(states: dict[str, Any]) -> dict[str, Any]:
+    if "numpy" in states:
+        kind, keys, position, has_gauss, gauss = states["numpy"]
+        states = {**states, "numpy": (kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, gauss)}
+    return states
 
 
 @dataclass
@@ -135,6 +186,7 @@ class SFTModule(LightningModule):
         self.val_loss = MeanMetric()
         self._step = _StepState()
         self._tokenizer: Any = None
+        self._rng_to_restore: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------------------------------- model
     @property
@@ -184,7 +236,15 @@ class SFTModule(LightningModule):
         """Build the model once: load, then gradient checkpointing, then LoRA adapters."""
         if self.model is not None:
             return
-        model = self.build_model()
+        # Lightning may call this inside inference mode (``validate`` before ``fit``); parameters made there
+        # would be inference tensors that can never train.
+        with torch.inference_mode(False):
+            self.model = self._prepare_model(self.build_model())
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters())
+        log.info(f"model: {type(self.model).__name__}, {total:,} parameters, {trainable:,} trainable")
+
+    def _prepare_model(self, model: PreTrainedModel) -> PreTrainedModel:
         model.config.use_cache = False  # a KV cache is useless in training and breaks packed attention
         if self.gradient_checkpointing:
             enable = getattr(model, "activation_checkpointing_enable", None)
@@ -204,10 +264,12 @@ class SFTModule(LightningModule):
                 task_type="CAUSAL_LM",
             )
             model = get_peft_model(model, config)
-        self.model = model
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
-        log.info(f"model: {type(model).__name__}, {total:,} parameters, {trainable:,} trainable")
+        return model
+
+    def on_fit_start(self) -> None:
+        """With packed batches, check once that this model keeps packed rows apart (see `check_packed_attention`)."""
+        if getattr(getattr(self.trainer, "datamodule", None), "packing", False):
+            check_packed_attention(self.model, self.attn_implementation)
 
     # ------------------------------------------------------------------------------------- forward
     def forward(
@@ -265,6 +327,12 @@ class SFTModule(LightningModule):
         self.log("train/tokens_seen", float(self._step.totals["tokens"]), on_step=True)
         self._step.loss = None
 
+    def on_validation_epoch_start(self) -> None:
+        # ``validate`` runs in inference mode and validation inside ``fit`` does not; metric states made in
+        # the former cannot be updated in the latter, so every validation starts from fresh states.
+        with torch.inference_mode(False):
+            self.val_loss.reset()
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Accumulate the validation loss as a per-token mean over the whole validation set."""
         loss_sum, num_targets = self.compute_loss_sum(batch)
@@ -289,11 +357,21 @@ class SFTModule(LightningModule):
 
     # --------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add tokens seen and the RNG states (Python, NumPy, torch, CUDA) for exact resume."""
         checkpoint["lit_sft"] = {
             "totals": dict(self._step.totals),
             "lora": asdict(self.lora) if self.lora else None,
+            "rng": _rng_states(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("lit_sft", {})
         self._step.totals.update(state.get("totals", {}))
+        self._rng_to_restore = state.get("rng")
+
+    def on_train_start(self) -> None:
+        # RNG states are restored here, after everything that set-up draws (model init, seeding), so that
+        # dropout continues exactly as in the uninterrupted run.
+        if self._rng_to_restore is not None:
+            _set_rng_states(_from_plain_numpy_state(self._rng_to_restore))
+            self._rng_to_restore = None

@@ -73,3 +73,53 @@ def test_empty_and_bad_inputs_are_rejected() -> None:
         MicroBatchSampler(np.array([]), np.array([]), 2)
     with pytest.raises(ValueError, match="batch_size"):
         MicroBatchSampler(LENGTHS, TRAINED, 0)
+
+
+MODES = {
+    "rows": {"batch_size": 3},
+    "token_budget": {"max_tokens_per_batch": 70},
+    "packed": {"max_tokens_per_batch": 70, "packing": True},
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("world", "accumulate"), [(1, 1), (2, 2), (3, 1)])
+def test_every_batching_mode_covers_rows_once_with_equal_rank_counts_and_step_totals(
+    mode, world, accumulate
+) -> None:
+    def make(rank):
+        return MicroBatchSampler(
+            LENGTHS,
+            TRAINED,
+            num_replicas=world,
+            rank=rank,
+            accumulate_grad_batches=accumulate,
+            seed=4,
+            **MODES[mode],
+        )
+
+    per_rank = [list(make(rank)) for rank in range(world)]
+    assert len({len(batches) for batches in per_rank}) == 1 == len({len(make(0))})
+    rows = [i for batches in per_rank for m in batches if m.weight for i in m.indices]
+    assert sorted(rows) == list(range(len(LENGTHS)))
+    for step in range(-(-len(per_rank[0]) // accumulate)):
+        members = [m for batches in per_rank for m in batches[step * accumulate : (step + 1) * accumulate]]
+        assert {m.step_trained_tokens for m in members} == {
+            sum(int(TRAINED[list(m.indices)].sum()) for m in members if m.weight)
+        }
+    for m in (m for batches in per_rank for m in batches):
+        lengths = LENGTHS[list(m.indices)]
+        if mode == "packed":
+            assert lengths.sum() <= 70  # one packed sequence within the budget
+        elif mode == "token_budget":
+            assert len(lengths) * lengths.max() <= 70  # padded size within the budget
+
+
+@pytest.mark.parametrize("mode", ["token_budget", "packed"])
+def test_budget_modes_keep_their_groups_and_shuffle_their_order_each_epoch(mode: str) -> None:
+    sampler = MicroBatchSampler(LENGTHS, TRAINED, seed=1, **MODES[mode])
+    first = [m.indices for m in sampler]
+    sampler.set_epoch(1)
+    second = [m.indices for m in sampler]
+    assert len(first) == len(second) == len(sampler)
+    assert sorted(first) == sorted(second) and first != second

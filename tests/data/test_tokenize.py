@@ -173,6 +173,8 @@ LABELS = [IGNORE_INDEX] * 4 + IDS[4:]  # a 4-token prompt and a 6-token response
         (TokenizeOptions(max_length=8, truncation="left"), IDS[2:], 6),
         (TokenizeOptions(max_length=8, truncation="right"), IDS[:8], 4),
         (TokenizeOptions(max_length=4, truncation="right"), IDS[:4], 0),
+        # Left truncation into the response: the first kept token is never a target (nothing precedes it).
+        (TokenizeOptions(max_length=4, truncation="left"), IDS[6:], 3),
         (TokenizeOptions(max_length=None, max_prompt_length=2, truncation="left"), IDS[2:], 6),
         (TokenizeOptions(max_length=None, max_prompt_length=2, truncation="right"), IDS[2:], 6),
         (TokenizeOptions(max_length=None, max_response_length=3, truncation="left"), IDS[:7], 3),

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lit_sft.data.packing import (
+    fixed_size_batches,
+    pack_best_fit_decreasing,
+    padding_fraction,
+    token_budget_batches,
+)
+
+
+def best_fit_decreasing_by_hand(lengths: list[int], budget: int) -> list[int]:
+    """The textbook algorithm over a plain list of bins: the sorted remaining capacities."""
+    remaining: list[int] = []
+    for row in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        fits = [b for b, capacity in enumerate(remaining) if capacity >= lengths[row]]
+        if fits:
+            best = min(fits, key=lambda b: remaining[b])
+            remaining[best] -= lengths[row]
+        else:
+            remaining.append(budget - lengths[row])
+    return sorted(remaining)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_best_fit_decreasing_matches_the_textbook_algorithm(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 60, size=rng.integers(1, 80))
+    budget = int(rng.integers(60, 150))
+    bins = pack_best_fit_decreasing(lengths, budget)
+    assert sorted(np.concatenate(bins).tolist()) == list(range(len(lengths)))
+    assert all(lengths[b].sum() <= budget for b in bins)
+    assert sorted(int(budget - lengths[b].sum()) for b in bins) == best_fit_decreasing_by_hand(
+        lengths.tolist(), budget
+    )
+
+
+def test_packing_fills_bins_and_is_deterministic() -> None:
+    lengths = np.random.default_rng(0).integers(50, 900, size=5000)
+    bins = pack_best_fit_decreasing(lengths, 2048)
+    assert lengths.sum() / (len(bins) * 2048) > 0.99
+    again = pack_best_fit_decreasing(lengths, 2048)
+    assert all(np.array_equal(a, b) for a, b in zip(bins, again, strict=True))
+
+
+def test_rows_longer_than_the_budget_are_refused() -> None:
+    with pytest.raises(ValueError, match="201 tokens, more than the packing budget of 200"):
+        pack_best_fit_decreasing([10, 201], 200)
+    with pytest.raises(ValueError, match="more than the batch token budget"):
+        token_budget_batches([10, 201], 200)
+
+
+def test_token_budget_batches_group_similar_lengths_under_the_budget() -> None:
+    lengths = np.random.default_rng(1).integers(5, 300, size=1000)
+    batches = token_budget_batches(lengths, 1024)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert all(len(b) * lengths[b].max() <= 1024 for b in batches)
+    shuffled = fixed_size_batches(np.random.default_rng(2).permutation(1000), 8)
+    assert (
+        padding_fraction(lengths, batches, packed=False)
+        < 0.05
+        < padding_fraction(lengths, shuffled, packed=False)
+    )
+    assert padding_fraction(lengths, pack_best_fit_decreasing(lengths, 1024), packed=True) == 0.0
+
+
+def test_fixed_size_batches() -> None:
+    assert [b.tolist() for b in fixed_size_batches(np.arange(7), 3)] == [[0, 1, 2], [3, 4, 5], [6]]

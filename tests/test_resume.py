@@ -1,0 +1,97 @@
+"""Exact resume: a run stopped at a checkpoint and resumed equals an uninterrupted one, step for step."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import partial
+
+import pytest
+import torch
+from lightning.pytorch import Callback, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lit_sft import SFTDataModule, SFTModule
+from tests.helpers import arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
+
+TOTAL_STEPS = 12  # 40 rows, 4 per micro-batch, 2 micro-batches per step: 5 steps per epoch
+
+
+class Record(Callback):
+    """Per optimizer step: the logged loss; per micro-batch: a fingerprint of its rows."""
+
+    def __init__(self) -> None:
+        self.losses: dict[int, float] = {}
+        self.batches: list[str] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batches.append(hashlib.sha1(batch["input_ids"].numpy().tobytes()).hexdigest()[:12])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if "train/loss" in trainer.callback_metrics:
+            self.losses[trainer.global_step] = float(trainer.callback_metrics["train/loss"])
+
+
+class StopAt(Callback):
+    """Ends the run after ``step`` optimizer steps, as an interruption would (same config, same schedule)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def run(tmp_path, data_kwargs: dict, ckpt_path: str | None = None, stop_at: int | None = None):
+    seed_everything(0)
+    module = SFTModule(
+        model_config=tiny_model_config(attention_dropout=0.1),  # dropout: the RNG state must resume too
+        tokenizer_name_or_path="builtin:byte-chatml",
+        optimizer=partial(torch.optim.AdamW, lr=3e-3),
+    )
+    data = SFTDataModule(
+        train_files=str(tmp_path / "train.jsonl"),
+        tokenizer_name_or_path="builtin:byte-chatml",
+        prompt_key="question",
+        response_key="answer",
+        **data_kwargs,
+    )
+    record = Record()
+    callbacks = [record]
+    if stop_at:
+        checkpoint = ModelCheckpoint(
+            dirpath=str(tmp_path / "ckpt"), every_n_train_steps=stop_at, save_last=True
+        )
+        callbacks += [checkpoint, StopAt(stop_at)]
+    trainer = quiet_trainer(
+        max_steps=TOTAL_STEPS,
+        accumulate_grad_batches=2,
+        callbacks=callbacks,
+        enable_checkpointing=bool(stop_at),
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    return record, module
+
+
+@pytest.mark.parametrize("stop_at", [7, 5], ids=["mid-epoch", "epoch-boundary"])
+@pytest.mark.parametrize(
+    "data_kwargs",
+    [{"batch_size": 4}, {"packing": True, "max_length": 128, "max_tokens_per_batch": 256}],
+    ids=["padded", "packed"],
+)
+def test_resumed_run_equals_uninterrupted_run(tmp_path, stop_at: int, data_kwargs: dict) -> None:
+    write_jsonl(str(tmp_path / "train.jsonl"), arithmetic_rows(40))
+    full, full_module = run(tmp_path, data_kwargs)
+    first, _ = run(tmp_path, data_kwargs, stop_at=stop_at)
+    resumed, resumed_module = run(tmp_path, data_kwargs, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+
+    assert sorted(full.losses) == list(range(1, TOTAL_STEPS + 1))
+    assert first.batches == full.batches[: len(first.batches)]
+    # The resumed run starts with exactly the next micro-batch, and continues the same loss curve.
+    assert resumed.batches == full.batches[len(first.batches) :]
+    assert {step: full.losses[step] for step in resumed.losses} == resumed.losses
+    assert sorted(resumed.losses) == list(range(stop_at + 1, TOTAL_STEPS + 1))
+    for (name, parameter), (_, other) in zip(
+        full_module.named_parameters(), resumed_module.named_parameters(), strict=True
+    ):
+        assert torch.equal(parameter, other), name
