@@ -88,7 +88,12 @@ def main(args: ArgsType = None, run: bool = True) -> SFTCLI:
 
 
 #: Commands besides LightningCLI's fit/validate: name -> (module, function taking the remaining args).
-COMMANDS = {"evaluate": "lit_sft.evaluate", "generate": "lit_sft.evaluate"}
+COMMANDS = {
+    "evaluate": "lit_sft.evaluate",
+    "generate": "lit_sft.evaluate",
+    "prepare": "lit_sft.prepare",
+    "data": "lit_sft.data_check",
+}
 
 
 def entry_point(argv: list[str] | None = None) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import glob
 import os
+from types import SimpleNamespace
 
 import pytest
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-from lit_sft import SFTDataModule, SFTModule
+from lit_sft import SFTDataModule, SFTModule, prepare
+from lit_sft.callbacks import GSM8KEvaluation
 from lit_sft.cli import main
 from tests.helpers import write_parquet
 
@@ -27,20 +29,11 @@ def test_every_config_starts_with_the_command_that_runs_it() -> None:
         assert relative in first_line, f"{path}: the header command does not name the file"
 
 
-def recipe_data(tmp_path) -> dict[str, str]:
-    """Tiny files in the shapes the recipes read: verl's GSM8K SFT parquet and a messages parquet."""
-    gsm8k = [
-        {
-            "data_source": "openai/gsm8k",
-            "prompt": [{"role": "user", "content": f"What is {i} plus 2? Let's think step by step."}],
-            "extra_info": {
-                "question": f"What is {i} plus 2?",
-                "answer": f"{i}+2 = {i + 2}\n#### {i + 2}",
-                "index": i,
-            },
-        }
-        for i in range(6)
-    ]
+@pytest.fixture(scope="module")
+def recipe_data(gsm8k_dir, tmp_path_factory) -> dict[str, str]:
+    """GSM8K as `lit-sft prepare gsm8k` writes it (verl's format), and a messages parquet with tools."""
+    out = tmp_path_factory.mktemp("prepared")
+    prepare.gsm8k(gsm8k_dir, str(out / "gsm8k"), splits=["test"])
     chat = [
         {
             "messages": [
@@ -54,17 +47,16 @@ def recipe_data(tmp_path) -> dict[str, str]:
         for i in range(60)
     ]
     return {
-        "gsm8k": write_parquet(str(tmp_path / "gsm8k.parquet"), gsm8k),
-        "multiturn": write_parquet(str(tmp_path / "chat.parquet"), chat),
+        "gsm8k": str(out / "gsm8k" / "test.parquet"),
+        "multiturn": write_parquet(str(out / "chat.parquet"), chat),
     }
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
 def test_recipe_builds_with_a_tiny_stand_in_model_and_reads_its_data(
-    path: str, tiny_model_dir: str, tmp_path
+    path: str, tiny_model_dir: str, tmp_path, recipe_data
 ) -> None:
-    files = recipe_data(tmp_path)
-    data_file = files["multiturn"] if "multiturn" in path else files["gsm8k"]
+    data_file = recipe_data["multiturn"] if "multiturn" in path else recipe_data["gsm8k"]
     args = [
         "--config", path,
         "--model.init_args.model_name_or_path", tiny_model_dir,
@@ -74,6 +66,8 @@ def test_recipe_builds_with_a_tiny_stand_in_model_and_reads_its_data(
         "--trainer.default_root_dir", str(tmp_path / "run"),
         "--data.init_args.train_files", data_file,
         "--data.init_args.num_workers", "0",
+        "--data.init_args.max_train_samples", "64",
+        "--data.init_args.max_length", "4096",  # the stand-in tokenizer is byte-level: 4x longer than Qwen's
     ]  # fmt: skip
     with open(path, encoding="utf-8") as handle:
         has_val_files = "val_files" in handle.read()
@@ -86,6 +80,11 @@ def test_recipe_builds_with_a_tiny_stand_in_model_and_reads_its_data(
     cli.datamodule.setup("fit")
     summary = cli.datamodule.summaries["train"]
     assert summary.kept == summary.rows_read > 0
+    for callback in cli.trainer.callbacks:
+        if isinstance(callback, GSM8KEvaluation):  # its keys must read the same data
+            callback.setup(SimpleNamespace(datamodule=cli.datamodule), cli.model, "fit")
+            assert len(callback.eval_set) == 1319 and callback.eval_set.references[0] == "18"
+            assert "Let's think step by step" in callback.eval_set.questions[0]
     if "lora" in path:
         trainable = {n for n, p in cli.model.named_parameters() if p.requires_grad}
         assert trainable and all("lora_" in n for n in trainable)

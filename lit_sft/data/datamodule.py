@@ -186,13 +186,18 @@ class SFTDataModule(LightningDataModule):
             for spec in expand_specs(specs)
         ]
 
-    def _row_tokenizer(self, source: Source) -> RowTokenizer:
+    def row_tokenizer(self, source: Source, tokenize_options: TokenizeOptions | None = None) -> RowTokenizer:
+        """The ``datasets.map`` function for ``source`` (its format resolved and its columns checked)."""
         row_format = check_columns(source, self.format_options)
-        return RowTokenizer(
-            self.tokenizer, row_format, self.format_options, self.tokenize_options, self.template_kwargs
-        )
+        options = tokenize_options or self.tokenize_options
+        return RowTokenizer(self.tokenizer, row_format, self.format_options, options, self.template_kwargs)
 
-    def _build(self) -> None:
+    def plan_splits(self) -> dict[str, tuple[list[Source], np.ndarray]]:
+        """Load the sources and choose each split's rows: ``{split: (sources, row positions)}``.
+
+        Positions index the concatenation of the split's sources; the split by ``val_ratio`` is seeded
+        and ``max_*_samples`` keep the first rows.
+        """
         if not self.train_files:
             raise ConfigError("data.train_files is not set")
         _ = self.tokenizer  # configuration mistakes first, before any data is read
@@ -209,16 +214,23 @@ class SFTDataModule(LightningDataModule):
             train_positions = train_positions[: self.max_train_samples]
         if self.max_val_samples is not None:
             val_positions = val_positions[: self.max_val_samples]
+        splits = {"train": (train_sources, train_positions)}
+        if len(val_positions):
+            splits["val"] = (val_sources, val_positions)
+        return splits
+
+    def _build(self) -> None:
         options = {"skip_invalid_rows": self.skip_invalid_rows, "num_proc": self.num_proc}
+        splits = self.plan_splits()
         self.train_dataset, train_summary = tokenize_split(
-            "train", train_sources, train_positions, self._row_tokenizer, **options
+            "train", *splits["train"], self.row_tokenizer, **options
         )
         self.summaries = {"train": train_summary}
         if self.train_dataset is None:
             raise ConfigError(f"no training rows left: {train_summary.line()}")
-        if len(val_positions):
+        if "val" in splits:
             self.val_dataset, self.summaries["val"] = tokenize_split(
-                "val", val_sources, val_positions, self._row_tokenizer, **options
+                "val", *splits["val"], self.row_tokenizer, **options
             )
 
     def prepare_data(self) -> None:

@@ -123,6 +123,35 @@ def _check_content(message: Mapping[str, Any], where: str) -> None:
         raise InvalidRow(f"{where}.content", "content is empty", kind="invalid_content")
 
 
+def _normalize_tool_calls(calls: Any, where: str) -> list[dict[str, Any]]:
+    """Tool calls as templates expect them: None-valued keys removed, JSON-string arguments parsed."""
+    if not isinstance(calls, Sequence) or isinstance(calls, str | bytes):
+        raise InvalidRow(f"{where}.tool_calls", "tool_calls must be a list", kind="invalid_tool_call")
+    normalized = []
+    for index, call in enumerate(calls):
+        if not isinstance(call, Mapping):
+            raise InvalidRow(
+                f"{where}.tool_calls[{index}]", "a tool call must be a mapping", kind="invalid_tool_call"
+            )
+        call = {key: value for key, value in call.items() if value is not None}
+        function = call.get("function")
+        if isinstance(function, Mapping):
+            function = {key: value for key, value in function.items() if value is not None}
+            arguments = function.get("arguments")
+            if isinstance(arguments, str):
+                try:
+                    function["arguments"] = json.loads(arguments) if arguments.strip() else {}
+                except json.JSONDecodeError:
+                    raise InvalidRow(
+                        f"{where}.tool_calls[{index}].function.arguments",
+                        "not valid JSON",
+                        kind="invalid_tool_call",
+                    ) from None
+            call["function"] = function
+        normalized.append(call)
+    return normalized
+
+
 def normalize_messages(value: Any, field_name: str) -> list[dict[str, Any]]:
     """Validate a list of chat messages and return clean copies (None-valued keys removed).
 
@@ -155,6 +184,8 @@ def normalize_messages(value: Any, field_name: str) -> list[dict[str, Any]]:
                 "unknown_role",
             )
         _check_content(message, where)
+        if "tool_calls" in message:
+            message["tool_calls"] = _normalize_tool_calls(message["tool_calls"], where)
         messages.append(message)
     return messages
 

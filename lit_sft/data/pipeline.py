@@ -22,14 +22,20 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_sft.data.formats import FormatOptions, required_columns, resolve_format, row_to_conversation
 from lit_sft.data.loading import Source
-from lit_sft.data.tokenize import ConversationRenderer, TokenizeOptions, tokenize_rendered, truncate
+from lit_sft.data.tokenize import (
+    IGNORE_INDEX,
+    ConversationRenderer,
+    TokenizeOptions,
+    tokenize_rendered,
+    truncate,
+)
 from lit_sft.errors import DataFileError, InvalidRow, RowError
 from lit_sft.tokenizer import tokenizer_fingerprint
 
 log = logging.getLogger("lit_sft")
 
 #: Bump when the tokenized output changes for the same inputs, so that old caches are not reused.
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"
 
 OK = "ok"
 NO_TRAINED_TOKENS = "no_trained_tokens"
@@ -40,6 +46,7 @@ TOKENIZED_FEATURES = datasets.Features(
         "labels": datasets.Sequence(datasets.Value("int32")),
         "num_tokens": datasets.Value("int32"),
         "num_trained": datasets.Value("int32"),
+        "prompt_length": datasets.Value("int32"),
         "original_length": datasets.Value("int32"),
         "truncated": datasets.Value("bool"),
         "status": datasets.Value("string"),
@@ -127,6 +134,10 @@ class RowTokenizer:
             out["labels"][i] = tokenized.labels
             out["num_tokens"][i] = len(tokenized.input_ids)
             out["num_trained"][i] = num_trained
+            out["prompt_length"][i] = next(
+                (k for k, label in enumerate(tokenized.labels) if label != IGNORE_INDEX),
+                len(tokenized.labels),
+            )
             out["original_length"][i] = tokenized.original_length
             out["truncated"][i] = tokenized.truncated
             out["status"][i] = OK if num_trained > 0 else NO_TRAINED_TOKENS
@@ -136,7 +147,7 @@ class RowTokenizer:
     @staticmethod
     def _fill(out: dict[str, list[Any]], i: int, status: str, error: str, length: int = 0) -> None:
         out["input_ids"][i], out["labels"][i] = [], []
-        out["num_tokens"][i] = out["num_trained"][i] = 0
+        out["num_tokens"][i] = out["num_trained"][i] = out["prompt_length"][i] = 0
         out["original_length"][i] = length
         out["truncated"][i] = False
         out["status"][i], out["error"][i] = status, error
@@ -195,6 +206,68 @@ def _select_rows(dataset: datasets.Dataset, rows: np.ndarray) -> datasets.Datase
     return dataset.select(rows)
 
 
+@dataclass
+class TokenizedSource:
+    """One source's selected rows after the tokenizing ``map`` (every row, with its status).
+
+    Attributes:
+        source: The loaded source.
+        rows: The selected rows' indices in the source file.
+        tokenized: The map output, one row per selected row, in order.
+    """
+
+    source: Source
+    rows: np.ndarray
+    tokenized: datasets.Dataset
+
+    @property
+    def statuses(self) -> np.ndarray:
+        # A fresh map output has no indices mapping, so its Arrow columns are in row order.
+        return self.tokenized.data.column("status").to_numpy(zero_copy_only=False)
+
+    def invalid(self) -> np.ndarray:
+        """Positions (into ``rows``) of malformed rows."""
+        statuses = self.statuses
+        return np.flatnonzero((statuses != OK) & (statuses != NO_TRAINED_TOKENS))
+
+    def row_error(self, position: int, more: str = "") -> RowError:
+        """The error of the malformed row at ``position``, naming its file and row."""
+        field_name, reason = self.tokenized[int(position)]["error"].split("\t", 1)
+        hint = "Fix the data, or set data.skip_invalid_rows=true to drop such rows and count them"
+        return RowError(self.source.name, int(self.rows[position]), field_name, reason + more, hint=hint)
+
+
+def tokenize_sources(
+    sources: Sequence[Source], positions: np.ndarray, row_tokenizer_for: Any, num_proc: int | None = None
+) -> list[TokenizedSource]:
+    """Run the cached tokenizing ``map`` over the rows at ``positions`` (over the concatenated sources)."""
+    results = []
+    offset = 0
+    for source in sources:
+        size = len(source.dataset)
+        rows = positions[(positions >= offset) & (positions < offset + size)] - offset
+        offset += size
+        if len(rows) == 0:
+            continue
+        row_tokenizer = row_tokenizer_for(source)
+        selected = _select_rows(source.dataset, rows)
+        fingerprint = hashlib.sha256(
+            f"{selected._fingerprint}-{row_tokenizer.fingerprint()}".encode()
+        ).hexdigest()
+        tokenized = selected.map(
+            row_tokenizer,
+            batched=True,
+            batch_size=256,
+            remove_columns=selected.column_names,
+            features=TOKENIZED_FEATURES,
+            new_fingerprint=fingerprint[:32],
+            num_proc=num_proc if num_proc and num_proc > 1 else None,
+            desc=f"Tokenizing {source.name}",
+        )
+        results.append(TokenizedSource(source, rows, tokenized))
+    return results
+
+
 def tokenize_split(
     split: str,
     sources: Sequence[Source],
@@ -223,52 +296,21 @@ def tokenize_split(
     """
     summary = SplitSummary(split=split)
     parts: list[datasets.Dataset] = []
-    offset = 0
     dropped: Counter[str] = Counter()
-    for source in sources:
-        size = len(source.dataset)
-        mask = (positions >= offset) & (positions < offset + size)
-        rows = positions[mask] - offset
-        offset += size
-        if len(rows) == 0:
-            continue
-        row_tokenizer = row_tokenizer_for(source)
-        selected = _select_rows(source.dataset, rows)
-        fingerprint = hashlib.sha256(
-            f"{selected._fingerprint}-{row_tokenizer.fingerprint()}".encode()
-        ).hexdigest()
-        tokenized = selected.map(
-            row_tokenizer,
-            batched=True,
-            batch_size=256,
-            remove_columns=selected.column_names,
-            features=TOKENIZED_FEATURES,
-            new_fingerprint=fingerprint[:32],
-            num_proc=num_proc if num_proc and num_proc > 1 else None,
-            desc=f"Tokenizing {source.name}",
-        )
-        # `tokenized` is a fresh map output (no indices mapping), so its Arrow columns are in row order.
-        statuses = tokenized.data.column("status").to_numpy(zero_copy_only=False)
-        bad = np.flatnonzero((statuses != OK) & (statuses != NO_TRAINED_TOKENS))
+    for part in tokenize_sources(sources, positions, row_tokenizer_for, num_proc):
+        statuses = part.statuses
+        bad = part.invalid()
         if len(bad) and not skip_invalid_rows:
-            first = int(bad[0])
-            field_name, reason = tokenized[first]["error"].split("\t", 1)
             more = f" ({len(bad) - 1} more rows of this file have errors)" if len(bad) > 1 else ""
-            raise RowError(
-                source.name,
-                int(rows[first]),
-                field_name,
-                reason + more,
-                hint="Fix the data, or set data.skip_invalid_rows=true to drop such rows and count them",
-            )
+            raise part.row_error(bad[0], more)
         dropped.update(statuses[statuses != OK].tolist())
         keep = np.flatnonzero(statuses == OK)
-        summary.rows_read += len(rows)
+        summary.rows_read += len(part.rows)
         summary.kept += len(keep)
-        summary.truncated += int(tokenized.data.column("truncated").to_numpy()[keep].sum())
+        summary.truncated += int(part.tokenized.data.column("truncated").to_numpy()[keep].sum())
         if len(keep) == 0:
             continue
-        kept = tokenized.select(keep) if len(keep) < len(tokenized) else tokenized
+        kept = part.tokenized.select(keep) if len(keep) < len(part.tokenized) else part.tokenized
         parts.append(kept.select_columns(["input_ids", "labels", "num_tokens", "num_trained"]))
     summary.dropped = dict(dropped)
     if not parts:

@@ -149,6 +149,7 @@ class SyntheticGSM8KDataModule(SFTDataModule):
             **kwargs,
         )
 
-    def _build(self) -> None:
+    def plan_splits(self) -> dict:
+        """Write the files (once), then read them like any data."""
         write_splits(self.data_dir, self.num_train, self.num_val, self.data_seed)
-        super()._build()
+        return super().plan_splits()

@@ -1,0 +1,250 @@
+"""``lit-sft data check --config …``: read the data exactly as training would, and report on it.
+
+For each split: rows, exact duplicates, malformed rows with their reasons, token-length percentiles
+(prompt, response, total) before truncation, how many rows ``max_length`` would truncate or drop, the
+padding a padded batch would waste against packing, one example rendered with its trained tokens marked,
+and, for GSM8K-format data, the rows whose final answer cannot be extracted. ``--clean FILE`` writes the
+training rows without duplicates and malformed rows. The seed's advice (dedupe, drop malformed rows,
+check answers, inspect lengths) as one command.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from lit_sft.data.datamodule import SFTDataModule
+from lit_sft.data.gsm8k import extract_strict
+from lit_sft.data.packing import pack_best_fit_decreasing, padding_fraction
+from lit_sft.data.pipeline import NO_TRAINED_TOKENS, OK, TokenizedSource, tokenize_sources
+from lit_sft.data.sampler import MicroBatchSampler
+from lit_sft.data.tokenize import IGNORE_INDEX, truncate
+from lit_sft.errors import ConfigError, InvalidRow
+
+PERCENTILES = (50, 90, 99, 100)
+
+
+@dataclass
+class SplitReport:
+    """What `check_split` found in one split (see the module docstring)."""
+
+    split: str
+    rows: int = 0
+    duplicates: int = 0
+    malformed: Counter = field(default_factory=Counter)
+    malformed_examples: list[str] = field(default_factory=list)
+    lengths: dict[str, np.ndarray] = field(default_factory=dict)
+    would_truncate: int = 0
+    would_drop: Counter = field(default_factory=Counter)
+    padding_waste: dict[str, float] = field(default_factory=dict)
+    example: str = ""
+    gsm8k_unextractable: list[str] | None = None
+    keep: list[tuple[TokenizedSource, np.ndarray]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The report as printable lines."""
+        out = [f"== {self.split}: {self.rows} rows"]
+        out.append(f"exact duplicates: {self.duplicates}")
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.malformed.items()))
+        out.append(f"malformed rows: {sum(self.malformed.values())}" + (f" ({reasons})" if reasons else ""))
+        out.extend(f"  {example}" for example in self.malformed_examples)
+        for name, values in self.lengths.items():
+            if len(values):
+                stats = ", ".join(f"p{p} {int(np.percentile(values, p))}" for p in PERCENTILES)
+                out.append(f"{name} tokens: {stats} (mean {values.mean():.0f})")
+        drops = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.would_drop.items()))
+        out.append(
+            f"max_length would truncate {self.would_truncate} rows and drop {sum(self.would_drop.values())}"
+            + (f" ({drops})" if drops else "")
+        )
+        if self.padding_waste:
+            parts = [f"{name} {value:.1%}" for name, value in self.padding_waste.items()]
+            out.append("padding waste: " + ", ".join(parts[:-1]) + f"; {parts[-1]})")
+        if self.gsm8k_unextractable is not None:
+            out.append(
+                f"GSM8K-format responses without an extractable '#### <number>': {len(self.gsm8k_unextractable)}"
+            )
+            out.extend(f"  {where}" for where in self.gsm8k_unextractable[:10])
+        if self.example:
+            out.append("example (trained tokens between [[ and ]]):")
+            out.extend(f"  | {line}" for line in self.example.splitlines())
+        return out
+
+
+def mark_trained(tokenizer: Any, input_ids: list[int], labels: list[int]) -> str:
+    """Decode a row with every run of trained tokens wrapped in ``[[`` and ``]]``."""
+    pieces, run, trained = [], [], False
+    for token, label in [*zip(input_ids, labels, strict=True), (None, None)]:
+        is_trained = label is not None and label != IGNORE_INDEX
+        if token is None or is_trained != trained:
+            if run:
+                text = tokenizer.decode(run)
+                pieces.append(f"[[{text}]]" if trained else text)
+            run, trained = [], is_trained
+        if token is not None:
+            run.append(token)
+    return "".join(pieces)
+
+
+def check_split(
+    dm: SFTDataModule, split: str, sources: list, positions: np.ndarray, max_examples: int = 5
+) -> SplitReport:
+    """Tokenize a split without length limits (to see true lengths) and apply the configured limits to it."""
+    report = SplitReport(split=split, rows=len(positions))
+    unlimited = replace(
+        dm.tokenize_options, max_length=None, max_prompt_length=None, max_response_length=None
+    )
+    tokenizer = dm.tokenizer
+    seen: set[int] = set()
+    totals, prompts, responses, kept_lengths, gsm8k_hits = [], [], [], [], 0
+    unextractable: list[str] = []
+    for part in tokenize_sources(
+        sources, positions, lambda source: dm.row_tokenizer(source, unlimited), dm.num_proc
+    ):
+        statuses = part.statuses
+        for position in part.invalid():
+            error = part.row_error(position)
+            report.malformed[str(statuses[position])] += 1
+            if len(report.malformed_examples) < max_examples:
+                report.malformed_examples.append(
+                    f"{error.file}, row {error.row}, field '{error.field}': {error.reason}"
+                )
+        valid = np.flatnonzero((statuses == OK) | (statuses == NO_TRAINED_TOKENS))
+        keep = []
+        columns = part.tokenized.select_columns(
+            ["input_ids", "labels", "num_tokens", "prompt_length", "num_trained"]
+        )
+        for position in valid:
+            row = columns[int(position)]
+            digest = hash(tuple(row["input_ids"]))
+            if digest in seen:
+                report.duplicates += 1
+                continue
+            seen.add(digest)
+            keep.append(position)
+            totals.append(row["num_tokens"])
+            prompts.append(row["prompt_length"])
+            responses.append(row["num_tokens"] - row["prompt_length"])
+            try:  # the configured limits, applied exactly as training applies them
+                limited = truncate(list(row["input_ids"]), list(row["labels"]), dm.tokenize_options, "")
+            except InvalidRow as error:
+                report.would_drop[error.kind] += 1
+            else:
+                if limited.num_trained == 0:
+                    report.would_drop[NO_TRAINED_TOKENS] += 1
+                else:
+                    report.would_truncate += limited.truncated
+                    kept_lengths.append(len(limited.input_ids))
+            response = tokenizer.decode(
+                [t for t in row["labels"] if t != IGNORE_INDEX], skip_special_tokens=True
+            )
+            if "####" in response:
+                gsm8k_hits += 1
+            if extract_strict(response) is None:
+                unextractable.append(f"{part.source.name}, row {int(part.rows[position])}")
+            if not report.example and row["num_trained"]:
+                report.example = mark_trained(tokenizer, row["input_ids"], row["labels"])
+        report.keep.append((part, np.asarray(keep, dtype=np.int64)))
+    report.lengths = {
+        "prompt": np.asarray(prompts),
+        "response": np.asarray(responses),
+        "total": np.asarray(totals),
+    }
+    if gsm8k_hits * 2 >= max(len(totals), 1):  # most responses end in '#### N': GSM8K format
+        report.gsm8k_unextractable = unextractable
+    if kept_lengths:
+        report.padding_waste = _padding_waste(np.asarray(kept_lengths), dm)
+    return report
+
+
+def _padding_waste(lengths: np.ndarray, dm: SFTDataModule) -> dict[str, float]:
+    """Fraction of computed tokens that are padding: shuffled padded batches, length-grouped, packed."""
+    ones = np.ones_like(lengths)
+    budget = max(dm.max_tokens_per_batch or dm.tokenize_options.max_length or 0, int(lengths.max()))
+    padded = MicroBatchSampler(lengths, ones, dm.batch_size, seed=dm.seed).micro_batches(0)
+    grouped = MicroBatchSampler(lengths, ones, max_tokens_per_batch=budget).micro_batches(0)
+    packs = pack_best_fit_decreasing(lengths, budget)
+    return {
+        f"padded batches of {dm.batch_size} rows": padding_fraction(lengths, padded, packed=False),
+        f"length-grouped batches of <= {budget} tokens": padding_fraction(lengths, grouped, packed=False),
+        f"packed into {budget}-token sequences": 0.0,
+        "(packed sequences are filled to": float(lengths.sum() / (len(packs) * budget)),
+    }
+
+
+def write_clean(path: str, report: SplitReport) -> int:
+    """Write the split's rows minus duplicates and malformed rows (the source rows, unchanged)."""
+    from lit_sft.prepare import write_rows
+
+    rows = []
+    for part, keep in report.keep:
+        selected = part.source.dataset.select(part.rows[keep]) if len(keep) else []
+        rows.extend(selected)
+    write_rows(path, rows)
+    return len(rows)
+
+
+def check(dm: SFTDataModule, clean: str | None = None, out: Any = None) -> dict[str, SplitReport]:
+    """Run the checks on every split of ``dm``; print the reports; optionally write the cleaned train split."""
+    out = out or sys.stdout
+    reports = {}
+    for split, (sources, positions) in dm.plan_splits().items():
+        reports[split] = report = check_split(dm, split, sources, positions)
+        print("\n".join(report.lines()), file=out)
+    if clean:
+        train = reports["train"]
+        written = write_clean(clean, train)
+        removed = train.rows - written
+        print(
+            f"cleaned train split: {written} rows written to {clean}, {removed} removed "
+            f"({train.duplicates} duplicates, {sum(train.malformed.values())} malformed)",
+            file=out,
+        )
+    return reports
+
+
+def build_datamodule(args: list[str]) -> tuple[SFTDataModule, str | None]:
+    """Parse ``--config`` files (as for ``lit-sft fit``) and overrides; build the data module only."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from lit_sft.model import SFTModule
+
+    parser = ArgumentParser(prog="lit-sft data check", description=__doc__)
+    parser.add_argument(
+        "-c", "--config", action=ActionConfigFile, help="A lit-sft fit config (several compose)."
+    )
+    parser.add_argument(
+        "--clean",
+        type=str | None,
+        default=None,
+        help="Write the cleaned training rows here (.jsonl/.parquet).",
+    )
+    parser.add_argument("--seed_everything", type=bool | int, default=True)
+    parser.add_argument("--trainer", type=dict[str, Any] | None, default=None)
+    parser.add_argument("--ckpt_path", type=str | None, default=None)
+    parser.add_subclass_arguments(SFTDataModule, "data")
+    parser.add_subclass_arguments(SFTModule, "model", required=False)
+    config = parser.parse_args(args)
+    model = config.get("model")
+    if model is not None:  # the same link as lit-sft fit: the model's tokenizer settings
+        init = model.init_args
+        config.data.init_args.tokenizer_name_or_path = init.tokenizer_name_or_path or init.model_name_or_path
+        config.data.init_args.chat_template = init.chat_template
+    objects = parser.instantiate_classes(config)
+    if not isinstance(objects.data, SFTDataModule):
+        raise ConfigError("data check needs an SFTDataModule")
+    return objects.data, config.clean
+
+
+def main(command: str, args: list[str]) -> None:
+    """``lit-sft data check --config …``."""
+    if not args or args[0] != "check":
+        raise ConfigError(
+            "usage: lit-sft data check --config CONFIG [--clean FILE] [--data.init_args.KEY VALUE ...]"
+        )
+    dm, clean = build_datamodule(args[1:])
+    check(dm, clean)

@@ -1,0 +1,260 @@
+"""``lit-sft prepare``: turn raw datasets into the formats lit_sft (and verl) train on.
+
+* ``lit-sft prepare gsm8k --source <dir of jsonl | Hub id> --out DIR`` writes GSM8K in verl's
+  single-turn SFT/RL parquet format (``DIR/{train,test}.parquet``) and as ``messages`` rows
+  (``DIR/multiturn/{train,test}.parquet``).
+* ``lit-sft prepare chat --source FILE --out FILE`` converts ShareGPT-style (``conversations`` of
+  ``{from, value}``) or OpenAI-style (``messages`` with ``tools`` and assistant ``tool_calls``) data into
+  lit_sft's ``messages`` + ``tools`` rows, validating every row and counting what it drops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lit_sft.data.formats import normalize_messages, parse_tools
+from lit_sft.data.gsm8k import extract_strict
+from lit_sft.data.loading import load_source
+from lit_sft.errors import ConfigError, InvalidRow
+
+#: The instruction verl appends to every GSM8K question.
+GSM8K_INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
+
+
+def write_rows(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write rows as parquet or jsonl (by the file ending), atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    if path.endswith(".parquet"):
+        pq.write_table(pa.Table.from_pylist(list(rows)), temporary)
+    elif path.endswith((".jsonl", ".json")):
+        with open(temporary, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    else:
+        raise ConfigError(f"{path}: write .parquet or .jsonl")
+    os.replace(temporary, path)
+
+
+def _gsm8k_split(source: str, split: str, config_name: str) -> Any:
+    if os.path.isdir(source):
+        for ending in (".jsonl", ".parquet", ".json"):
+            path = os.path.join(source, f"{split}{ending}")
+            if os.path.isfile(path):
+                return load_source(path).dataset
+        raise ConfigError(f"{source}: no {split}.jsonl or {split}.parquet")
+    return load_source(f"{source}:{split}", config_name=config_name).dataset
+
+
+def gsm8k(
+    source: str,
+    out: str,
+    splits: list[str] | None = None,
+    instruction: str = GSM8K_INSTRUCTION,
+    config_name: str = "main",
+) -> dict[str, int]:
+    """Write GSM8K in verl's formats: ``OUT/{split}.parquet`` (single-turn) and ``OUT/multiturn/{split}.parquet``.
+
+    Single-turn rows: ``data_source``, ``prompt`` (a user message: the question and the instruction),
+    ``response`` (the reference solution), ``ability``, ``reward_model`` (``{style: rule, ground_truth}``
+    with the numeric answer) and ``extra_info`` (split, index, question, answer, ground_truth). Multi-turn
+    rows: ``messages`` (the same user message, then the solution as the assistant turn).
+
+    Args:
+        source: A directory with ``train.jsonl``/``test.jsonl`` (OpenAI's release) or a Hub id (``openai/gsm8k``).
+        out: The output directory.
+        splits: Splits to convert (default: train and test).
+        instruction: Appended to each question (verl's by default).
+        config_name: Hub configuration (``main``).
+
+    Returns:
+        Rows written per split.
+    """
+    written = {}
+    for split in splits or ["train", "test"]:
+        single, multi = [], []
+        for index, row in enumerate(_gsm8k_split(source, split, config_name)):
+            question, answer = row.get("question"), row.get("answer")
+            ground_truth = extract_strict(answer) if isinstance(answer, str) else None
+            if not isinstance(question, str) or not question.strip() or ground_truth is None:
+                raise ConfigError(
+                    f"{source} {split}, row {index}: not a GSM8K row (question, answer ending in '#### N')"
+                )
+            prompt = f"{question} {instruction}".strip()
+            single.append(
+                {
+                    "data_source": "openai/gsm8k",
+                    "prompt": [{"role": "user", "content": prompt}],
+                    "response": answer,
+                    "ability": "math",
+                    "reward_model": {"style": "rule", "ground_truth": ground_truth},
+                    "extra_info": {
+                        "split": split,
+                        "index": index,
+                        "question": question,
+                        "answer": answer,
+                        "ground_truth": ground_truth,
+                    },
+                }
+            )
+            multi.append(
+                {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
+            )
+        write_rows(os.path.join(out, f"{split}.parquet"), single)
+        write_rows(os.path.join(out, "multiturn", f"{split}.parquet"), multi)
+        written[split] = len(single)
+        print(f"gsm8k {split}: {len(single)} rows -> {out}/{split}.parquet, {out}/multiturn/{split}.parquet")
+    return written
+
+
+#: ShareGPT speaker names and the roles they become.
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "system": "system",
+    "function_call": "assistant",
+    "observation": "tool",
+    "tool": "tool",
+    "function": "tool",
+}
+
+
+def _tool_call(function: Mapping[str, Any], call_id: str | None = None) -> dict[str, Any]:
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError:
+            raise InvalidRow(
+                "tool_calls", "tool call arguments are not valid JSON", "invalid_tool_call"
+            ) from None
+    call = {"type": "function", "function": {"name": function.get("name"), "arguments": arguments}}
+    if call_id:
+        call["id"] = call_id
+    return call
+
+
+def from_sharegpt(row: Mapping[str, Any], key: str = "conversations") -> dict[str, Any]:
+    """A ShareGPT row (``conversations`` of ``{from, value}``, optional ``system`` and ``tools``) as messages."""
+    turns = row.get(key)
+    if not isinstance(turns, Sequence) or isinstance(turns, str):
+        raise InvalidRow(key, "expected a list of {from, value} turns", "invalid_messages")
+    messages = []
+    if isinstance(row.get("system"), str) and row["system"].strip():
+        messages.append({"role": "system", "content": row["system"]})
+    for index, turn in enumerate(turns):
+        speaker = turn.get("from") if isinstance(turn, Mapping) else None
+        if speaker not in SHAREGPT_ROLES:
+            raise InvalidRow(f"{key}[{index}].from", f"unknown speaker {speaker!r}", "unknown_role")
+        value = turn.get("value")
+        if speaker == "function_call":
+            try:
+                call = json.loads(value) if isinstance(value, str) else value
+            except json.JSONDecodeError:
+                raise InvalidRow(
+                    f"{key}[{index}].value", "function_call is not valid JSON", "invalid_tool_call"
+                ) from None
+            calls = call if isinstance(call, list) else [call]
+            messages.append(
+                {"role": "assistant", "content": None, "tool_calls": [_tool_call(c) for c in calls]}
+            )
+        else:
+            messages.append({"role": SHAREGPT_ROLES[speaker], "content": value})
+    tools = parse_tools(row.get("tools"), "tools")
+    if tools:  # ShareGPT lists bare function schemas; chat templates expect OpenAI's wrapper
+        tools = [tool if "function" in tool else {"type": "function", "function": tool} for tool in tools]
+    return {"messages": messages, "tools": tools}
+
+
+def from_openai(row: Mapping[str, Any], key: str = "messages") -> dict[str, Any]:
+    """An OpenAI-style row: ``developer`` becomes ``system``; tool-call arguments become objects."""
+    raw = row.get(key)
+    if not isinstance(raw, Sequence) or isinstance(raw, str):
+        raise InvalidRow(key, "expected a list of messages", "invalid_messages")
+    messages = []
+    for message in raw:
+        message = (
+            {k: v for k, v in dict(message).items() if v is not None}
+            if isinstance(message, Mapping)
+            else message
+        )
+        if isinstance(message, dict):
+            if message.get("role") == "developer":
+                message["role"] = "system"
+            if message.get("tool_calls"):
+                message["tool_calls"] = [
+                    _tool_call(call.get("function", call), call.get("id")) for call in message["tool_calls"]
+                ]
+        messages.append(message)
+    return {"messages": messages, "tools": parse_tools(row.get("tools"), "tools")}
+
+
+def chat(
+    source: str,
+    out: str,
+    format: Literal["auto", "sharegpt", "openai"] = "auto",
+    messages_key: str | None = None,
+    skip_invalid_rows: bool = True,
+) -> dict[str, Any]:
+    """Convert chat data to lit_sft's ``messages`` (+ ``tools``) rows, validating each row.
+
+    Tool calls become ``{"type": "function", "function": {"name", "arguments": <object>}}``; ``tools`` is
+    written as a JSON string (one schema type per column keeps parquet files readable).
+
+    Args:
+        source: A jsonl/parquet file, a dataset directory, or a Hub id.
+        out: The output file (``.jsonl`` or ``.parquet``).
+        format: ``sharegpt`` (``conversations`` of ``{from, value}``), ``openai`` (``messages``), or ``auto``.
+        messages_key: The column holding the turns (default: ``conversations`` or ``messages``).
+        skip_invalid_rows: Drop malformed rows and count them (else stop at the first, naming it).
+
+    Returns:
+        Rows read, written and dropped by reason.
+    """
+    dataset = load_source(source).dataset
+    if format == "auto":
+        format = "sharegpt" if "conversations" in dataset.column_names else "openai"
+    key = messages_key or ("conversations" if format == "sharegpt" else "messages")
+    convert = from_sharegpt if format == "sharegpt" else from_openai
+    rows, dropped = [], Counter()
+    for index, row in enumerate(dataset):
+        try:
+            converted = convert(row, key)
+            converted["messages"] = normalize_messages(converted["messages"], "messages")
+            if not any(m["role"] == "assistant" for m in converted["messages"]):
+                raise InvalidRow("messages", "no assistant message", "no_assistant")
+        except InvalidRow as error:
+            if not skip_invalid_rows:
+                raise ConfigError(f"{source}, row {index}, field '{error.field}': {error.reason}") from None
+            dropped[error.kind] += 1
+            continue
+        if out.endswith(".parquet"):
+            for message in converted["messages"]:  # nested objects of varying shape do not fit one schema
+                for call in message.get("tool_calls", []):
+                    call["function"]["arguments"] = json.dumps(call["function"]["arguments"])
+        converted["tools"] = json.dumps(converted["tools"]) if converted["tools"] else ""
+        rows.append(converted)
+    write_rows(out, rows)
+    summary = {"read": len(dataset), "written": len(rows), "dropped": dict(dropped)}
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items()))
+    print(
+        f"chat ({format}): {len(dataset)} rows read, {len(rows)} written to {out}, {sum(dropped.values())} dropped ({reasons or 'none'})"
+    )
+    return summary
+
+
+def main(command: str, args: list[str]) -> None:
+    """``lit-sft prepare gsm8k|chat ...`` through jsonargparse (options and help from the signatures)."""
+    from jsonargparse import CLI
+
+    CLI({"gsm8k": gsm8k, "chat": chat}, args=args, prog="lit-sft prepare", as_positional=False)
