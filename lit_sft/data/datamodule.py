@@ -15,7 +15,14 @@ from lit_sft.data.collate import PackedCollator, PaddingCollator
 from lit_sft.data.formats import AssistantTurns, FormatOptions, RowFormat
 from lit_sft.data.loader import MicroBatchDataset, ResumableDataLoader
 from lit_sft.data.loading import Source, expand_specs, load_source
-from lit_sft.data.pipeline import RowTokenizer, SplitSummary, check_columns, split_positions, tokenize_split
+from lit_sft.data.pipeline import (
+    RowTokenizer,
+    SplitSummary,
+    check_columns,
+    column,
+    split_positions,
+    tokenize_split,
+)
 from lit_sft.data.sampler import MicroBatchSampler
 from lit_sft.data.tokenize import TokenizeOptions, Truncation
 from lit_sft.errors import ConfigError
@@ -264,8 +271,8 @@ class SFTDataModule(LightningDataModule):
     ) -> MicroBatchSampler:
         world_size, rank, _ = self._trainer_layout()
         return MicroBatchSampler(
-            np.asarray(dataset["num_tokens"]),
-            np.asarray(dataset["num_trained"]),
+            column(dataset, "num_tokens"),
+            column(dataset, "num_trained"),
             batch_size,
             max_tokens_per_batch=self.max_tokens_per_batch,
             packing=self.packing,

@@ -186,6 +186,12 @@ class SplitSummary:
         )
 
 
+def column(dataset: datasets.Dataset, name: str) -> np.ndarray:
+    """A numeric column as an int64 array, straight from Arrow (no Python list in between)."""
+    # `[:]` reads the whole column at once; indexing by name returns a lazy Column that iterates rows.
+    return np.asarray(dataset.select_columns([name]).with_format("numpy")[:][name], dtype=np.int64)
+
+
 def split_positions(sizes: Sequence[int], val_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions (over the concatenated sources) of the train and validation rows, each sorted.
 
@@ -316,8 +322,7 @@ def tokenize_split(
     if not parts:
         return None, summary
     dataset = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    lengths = np.asarray(dataset["num_tokens"], dtype=np.int64)
-    trained = np.asarray(dataset["num_trained"], dtype=np.int64)
+    lengths, trained = column(dataset, "num_tokens"), column(dataset, "num_trained")
     summary.tokens, summary.trained_tokens = int(lengths.sum()), int(trained.sum())
     return dataset, summary
 

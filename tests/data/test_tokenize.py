@@ -213,3 +213,27 @@ def test_options_are_validated() -> None:
         TokenizeOptions(truncation="middle")  # type: ignore[arg-type]
     with pytest.raises(Exception, match="max_length must be a positive"):
         TokenizeOptions(max_length=0)
+
+
+def test_boundary_labels_equal_per_token_offset_labels_with_a_bpe_tokenizer(gsm8k_dir) -> None:
+    """The fast path (span boundaries only) labels exactly like the per-token offset rule."""
+    import os
+
+    from lit_sft.data.tokenize import _labels_from_boundaries
+    from tests.helpers import make_bpe_tokenizer
+
+    with open(os.path.join(gsm8k_dir, "test.jsonl"), encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle][:300]
+    tokenizer = make_bpe_tokenizer([r["question"] + " " + r["answer"] for r in rows])
+    renderer = ConversationRenderer(tokenizer)
+    options = FormatOptions(prompt_key="question", response_key="answer")
+    compared = 0
+    for row in rows:
+        rendered = renderer.render(row_to_conversation(row, "prompt_response", options))
+        encoding = tokenizer.backend_tokenizer.encode(rendered.text, add_special_tokens=False)
+        fast = _labels_from_boundaries(encoding, encoding.ids, rendered.trained_spans)
+        assert fast == label_tokens(encoding.ids, encoding.offsets, rendered.trained_spans)
+        [(input_ids, labels)] = tokenize_rendered(tokenizer, [rendered])
+        assert (input_ids, labels) == (encoding.ids, fast)
+        compared += 1
+    assert compared == 300
