@@ -93,6 +93,7 @@ COMMANDS = {
     "generate": "lit_sft.evaluate",
     "prepare": "lit_sft.prepare",
     "data": "lit_sft.data_check",
+    "export": "lit_sft.export",
 }
 
 

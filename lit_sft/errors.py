@@ -48,3 +48,7 @@ class InvalidRow(Exception):
     def __init__(self, field: str, reason: str, kind: str = "invalid") -> None:
         self.field, self.reason, self.kind = field, reason, kind
         super().__init__(f"field '{field}': {reason}")
+
+
+class TrainingError(LitSFTError):
+    """Training cannot go on (for example a non-finite loss past the allowed number of skipped steps)."""

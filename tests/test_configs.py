@@ -85,6 +85,9 @@ def test_recipe_builds_with_a_tiny_stand_in_model_and_reads_its_data(
             callback.setup(SimpleNamespace(datamodule=cli.datamodule), cli.model, "fit")
             assert len(callback.eval_set) == 1319 and callback.eval_set.references[0] == "18"
             assert "Let's think step by step" in callback.eval_set.questions[0]
+    names = {type(callback).__name__ for callback in cli.trainer.callbacks}
+    assert {"GSM8KEvaluation", "HFExport", "EarlyStopping", "ModelCheckpoint"} <= names or "multiturn" in path
+    assert {"HFExport", "EarlyStopping", "ModelCheckpoint"} <= names
     if "lora" in path:
         trainable = {n for n, p in cli.model.named_parameters() if p.requires_grad}
         assert trainable and all("lora_" in n for n in trainable)

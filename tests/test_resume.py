@@ -11,9 +11,10 @@ from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_sft import SFTDataModule, SFTModule
+from lit_sft.model import LoraOptions
 from tests.helpers import arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
 
-TOTAL_STEPS = 12  # 40 rows, 4 per micro-batch, 2 micro-batches per step: 5 steps per epoch
+TOTAL_STEPS = 20  # 4 rows per micro-batch, 2 micro-batches per step: 8 rows per step
 
 
 class Record(Callback):
@@ -42,12 +43,13 @@ class StopAt(Callback):
             trainer.should_stop = True
 
 
-def run(tmp_path, data_kwargs: dict, ckpt_path: str | None = None, stop_at: int | None = None):
+def run(tmp_path, data_kwargs: dict, ckpt_path: str | None = None, stop_at: int | None = None, lora=None):
     seed_everything(0)
     module = SFTModule(
         model_config=tiny_model_config(attention_dropout=0.1),  # dropout: the RNG state must resume too
         tokenizer_name_or_path="builtin:byte-chatml",
         optimizer=partial(torch.optim.AdamW, lr=3e-3),
+        lora=lora,
     )
     data = SFTDataModule(
         train_files=str(tmp_path / "train.jsonl"),
@@ -73,14 +75,17 @@ def run(tmp_path, data_kwargs: dict, ckpt_path: str | None = None, stop_at: int 
     return record, module
 
 
-@pytest.mark.parametrize("stop_at", [7, 5], ids=["mid-epoch", "epoch-boundary"])
+# Run A trains 20 steps; run B trains 10, stops, and resumes to 20. With 64 rows an epoch is 8 steps (step
+# 10 is mid-epoch); with 40 rows it is 5 steps (step 10 ends an epoch).
+@pytest.mark.parametrize("rows", [64, 40], ids=["mid-epoch", "epoch-boundary"])
 @pytest.mark.parametrize(
     "data_kwargs",
     [{"batch_size": 4}, {"packing": True, "max_length": 128, "max_tokens_per_batch": 256}],
     ids=["padded", "packed"],
 )
-def test_resumed_run_equals_uninterrupted_run(tmp_path, stop_at: int, data_kwargs: dict) -> None:
-    write_jsonl(str(tmp_path / "train.jsonl"), arithmetic_rows(40))
+def test_resumed_run_equals_uninterrupted_run(tmp_path, rows: int, data_kwargs: dict) -> None:
+    stop_at = 10
+    write_jsonl(str(tmp_path / "train.jsonl"), arithmetic_rows(rows))
     full, full_module = run(tmp_path, data_kwargs)
     first, _ = run(tmp_path, data_kwargs, stop_at=stop_at)
     resumed, resumed_module = run(tmp_path, data_kwargs, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
@@ -91,6 +96,21 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, stop_at: int, data_kwarg
     assert resumed.batches == full.batches[len(first.batches) :]
     assert {step: full.losses[step] for step in resumed.losses} == resumed.losses
     assert sorted(resumed.losses) == list(range(stop_at + 1, TOTAL_STEPS + 1))
+    for (name, parameter), (_, other) in zip(
+        full_module.named_parameters(), resumed_module.named_parameters(), strict=True
+    ):
+        assert torch.equal(parameter, other), name
+
+
+def test_lora_run_resumes_exactly(tmp_path) -> None:
+    write_jsonl(str(tmp_path / "train.jsonl"), arithmetic_rows(64))
+    lora, data_kwargs = LoraOptions(r=4, alpha=8), {"batch_size": 4}
+    full, full_module = run(tmp_path, data_kwargs, lora=lora)
+    run(tmp_path, data_kwargs, stop_at=10, lora=lora)
+    resumed, resumed_module = run(
+        tmp_path, data_kwargs, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"), lora=lora
+    )
+    assert {step: full.losses[step] for step in resumed.losses} == resumed.losses
     for (name, parameter), (_, other) in zip(
         full_module.named_parameters(), resumed_module.named_parameters(), strict=True
     ):

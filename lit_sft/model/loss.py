@@ -10,8 +10,11 @@ LitGPT still does) weights a token by how many targets its micro-batch happened 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from lit_sft.data.tokenize import IGNORE_INDEX
 
@@ -45,3 +48,48 @@ def step_normalized_loss(
     step's target count instead.
     """
     return loss_sum * (accumulate_grad_batches * world_size / max(step_target_tokens, 1))
+
+
+def target_positions(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states that predict a target, and their targets: ``(N, hidden)`` and ``(N,)``.
+
+    Position ``t`` predicts ``labels[t + 1]``; positions whose next label is ``IGNORE_INDEX`` are dropped,
+    so the LM head runs on targets only (a fraction of the tokens in SFT, where prompts are masked).
+    """
+    shifted = labels[:, 1:]
+    mask = shifted != IGNORE_INDEX
+    return hidden[:, :-1][mask], shifted[mask]
+
+
+def _chunk_loss(
+    hidden: torch.Tensor, targets: torch.Tensor, logits_fn: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    return F.cross_entropy(logits_fn(hidden).float(), targets, reduction="sum")
+
+
+def chunked_cross_entropy_sum(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    chunk_size: int = 4096,
+) -> torch.Tensor:
+    """Sum of cross-entropies of ``logits_fn(hidden)`` against ``targets``, never holding more than
+    ``chunk_size`` rows of vocabulary-sized logits: each chunk's logits are recomputed in the backward
+    pass instead of being kept (activation checkpointing per chunk).
+
+    Args:
+        hidden: ``(N, hidden)`` hidden states of target positions.
+        targets: ``(N,)`` target ids.
+        logits_fn: The LM head (and any logit post-processing).
+        chunk_size: Rows per chunk.
+    """
+    if hidden.shape[0] == 0:
+        return hidden.sum() * 0.0  # keeps the graph connected for DDP when a micro-batch has no target
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_size):
+        chunk, chunk_targets = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        if torch.is_grad_enabled() and chunk.requires_grad:
+            total = total + checkpoint(_chunk_loss, chunk, chunk_targets, logits_fn, use_reentrant=False)
+        else:
+            total = total + _chunk_loss(chunk, chunk_targets, logits_fn)
+    return total

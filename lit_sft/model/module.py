@@ -16,14 +16,28 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from lit_sft.errors import ConfigError
-from lit_sft.model.loss import step_normalized_loss, token_loss_sum
+from lit_sft.errors import ConfigError, TrainingError
+from lit_sft.model.hf import (
+    HiddenStatePath,
+    apply_dropout,
+    apply_liger_kernels,
+    base_model,
+    check_packed_attention,
+    hidden_state_path,
+)
+from lit_sft.model.loss import (
+    chunked_cross_entropy_sum,
+    step_normalized_loss,
+    target_positions,
+    token_loss_sum,
+)
 from lit_sft.model.scheduler import WarmupDecayLR
 from lit_sft.tokenizer import load_tokenizer
 
 log = logging.getLogger("lit_sft")
 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
+LossImplementation = Literal["chunked", "plain", "liger"]
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -40,39 +54,6 @@ def _takes_unset_argument(factory: Any, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return parameter is not None and parameter.default is None
-
-
-@torch.no_grad()
-def check_packed_attention(model: torch.nn.Module, attn_implementation: str | None = None) -> None:
-    """Verify that packed rows do not attend to each other in this model.
-
-    Two short random rows are run separately and packed (``position_ids`` restarting, no attention mask,
-    no cache); their logits must agree. Transformers builds the block-diagonal mask from ``position_ids``
-    for its own attention implementations; a model with custom attention code may not, and would then
-    silently train every row on its neighbours.
-
-    Raises:
-        ConfigError: When the packed logits differ.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    vocab = model.get_input_embeddings().num_embeddings
-    generator = torch.Generator().manual_seed(0)
-    first, second = (torch.randint(0, vocab, (1, n), generator=generator).to(device) for n in (5, 7))
-    packed = torch.cat([first, second], dim=1)
-    positions = torch.cat([torch.arange(5), torch.arange(7)])[None].to(device)
-    alone = [model(input_ids=row, use_cache=False).logits.float() for row in (first, second)]
-    together = model(input_ids=packed, position_ids=positions, use_cache=False).logits.float()
-    model.train(was_training)
-    difference = max((together[:, :5] - alone[0]).abs().max(), (together[:, 5:] - alone[1]).abs().max())
-    scale = max(alone[0].abs().max(), alone[1].abs().max(), torch.tensor(1.0, device=device))
-    if difference > 1e-3 * scale:
-        raise ConfigError(
-            f"packing: this model (attn_implementation={attn_implementation!r}) lets packed rows attend to each "
-            f"other (logits differ by {float(difference):.3g}); use sdpa, flash_attention_2 or flex_attention, "
-            "or set data.packing=false"
-        )
 
 
 def _rng_states() -> dict[str, Any]:
@@ -140,8 +121,17 @@ class SFTModule(LightningModule):
         attn_implementation: ``sdpa``, ``eager``, ``flash_attention_2`` or ``flex_attention``.
         trust_remote_code: Allow models and tokenizers with custom code.
         model_kwargs: Further keyword arguments for ``from_pretrained`` / ``from_config``.
+        dropout: Set every dropout probability of the model config (attention, hidden, residual...) to this.
         lora: LoRA options; None trains every weight.
         gradient_checkpointing: Recompute activations in the backward pass (non-reentrant).
+        liger_kernels: Use Liger's Triton kernels for RMSNorm, RoPE and SwiGLU (CUDA GPU, ``liger-kernel``).
+        loss_implementation: ``chunked`` (default): logits only for target positions, ``loss_chunk_size`` at a
+            time, recomputed in the backward pass, so full-vocabulary fp32 logits are never held for the whole
+            batch; ``liger``: Liger's fused linear cross-entropy (CUDA GPU); ``plain``: the model's logits for
+            every position. Models whose logits are not ``lm_head(hidden states)`` fall back to ``plain``.
+        loss_chunk_size: Target positions per chunk of the chunked loss.
+        skip_nonfinite_steps: How many optimizer steps with a non-finite loss or gradient norm to skip (their
+            update is dropped, and they are counted) before the run stops with an error naming the step.
         optimizer: The optimizer, called with the trainable parameters.
         lr_scheduler: The learning-rate scheduler, called with the optimizer (and ``total_steps`` when it
             takes that argument, as `WarmupDecayLR` does); stepped every optimizer step.
@@ -157,8 +147,13 @@ class SFTModule(LightningModule):
         attn_implementation: str | None = "sdpa",
         trust_remote_code: bool = False,
         model_kwargs: dict[str, Any] | None = None,
+        dropout: float | None = None,
         lora: LoraOptions | None = None,
         gradient_checkpointing: bool = False,
+        liger_kernels: bool = False,
+        loss_implementation: LossImplementation = "chunked",
+        loss_chunk_size: int = 4096,
+        skip_nonfinite_steps: int = 0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = WarmupDecayLR,
     ) -> None:
@@ -169,7 +164,18 @@ class SFTModule(LightningModule):
             raise ConfigError("model.model_config needs a model_type (e.g. qwen2, llama)")
         if dtype not in ("auto", *DTYPES):
             raise ConfigError(f"model.dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        if loss_implementation not in ("chunked", "plain", "liger"):
+            raise ConfigError(
+                f"model.loss_implementation must be chunked, plain or liger; got {loss_implementation!r}"
+            )
+        if loss_chunk_size < 1 or skip_nonfinite_steps < 0:
+            raise ConfigError(
+                "model.loss_chunk_size must be positive and model.skip_nonfinite_steps not negative"
+            )
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "lora"])
+        lora = LoraOptions(**lora) if isinstance(lora, dict) else lora
+        # A plain dict in the checkpoint: Lightning loads checkpoints with ``weights_only``, which refuses classes.
+        self.hparams["lora"] = asdict(lora) if lora is not None else None
         self.model_name_or_path = model_name_or_path
         self.model_config = dict(model_config) if model_config else None
         self.tokenizer_name_or_path = tokenizer_name_or_path or model_name_or_path
@@ -178,8 +184,15 @@ class SFTModule(LightningModule):
         self.attn_implementation = attn_implementation
         self.trust_remote_code = trust_remote_code
         self.model_kwargs = dict(model_kwargs or {})
-        self.lora = LoraOptions(**lora) if isinstance(lora, dict) else lora
+        self.dropout = dropout
+        self.lora = lora
         self.gradient_checkpointing = gradient_checkpointing
+        self.liger_kernels = liger_kernels
+        self.loss_implementation = loss_implementation
+        self.loss_chunk_size = loss_chunk_size
+        self.skip_nonfinite_steps = skip_nonfinite_steps
+        self.skipped_steps = 0
+        self._hidden_path: HiddenStatePath | bool | None = False  # False: not resolved yet
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.model: PreTrainedModel | None = None
@@ -215,7 +228,12 @@ class SFTModule(LightningModule):
         kwargs = self._load_kwargs()
         if self.model_name_or_path is not None:
             try:
-                return AutoModelForCausalLM.from_pretrained(self.model_name_or_path, **kwargs)
+                config = AutoConfig.from_pretrained(
+                    self.model_name_or_path, trust_remote_code=self.trust_remote_code
+                )
+                if self.dropout is not None:
+                    apply_dropout(config, self.dropout)
+                return AutoModelForCausalLM.from_pretrained(self.model_name_or_path, config=config, **kwargs)
             except OSError as error:
                 raise ConfigError(f"cannot load a model from {self.model_name_or_path!r}: {error}") from None
         config_values = dict(self.model_config or {})
@@ -229,6 +247,8 @@ class SFTModule(LightningModule):
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             config_values.setdefault(name, getattr(tokenizer, name))
         config = AutoConfig.for_model(model_type, **config_values)
+        if self.dropout is not None:
+            apply_dropout(config, self.dropout)
         kwargs.pop("trust_remote_code")
         return AutoModelForCausalLM.from_config(config, trust_remote_code=self.trust_remote_code, **kwargs)
 
@@ -246,6 +266,8 @@ class SFTModule(LightningModule):
 
     def _prepare_model(self, model: PreTrainedModel) -> PreTrainedModel:
         model.config.use_cache = False  # a KV cache is useless in training and breaks packed attention
+        if self.liger_kernels:
+            apply_liger_kernels(model)
         if self.gradient_checkpointing:
             enable = getattr(model, "activation_checkpointing_enable", None)
             if enable is not None:
@@ -285,10 +307,47 @@ class SFTModule(LightningModule):
         )
         return output.logits
 
+    def _resolve_hidden_path(self) -> HiddenStatePath | None:
+        """The decoder/head split the chunked and Liger losses need (checked once on the real model)."""
+        if self._hidden_path is False:
+            path = None if self.loss_implementation == "plain" else hidden_state_path(self.model)
+            if path is None and self.loss_implementation == "liger":
+                raise ConfigError(
+                    "model.loss_implementation=liger needs a model whose logits are lm_head(hidden states)"
+                )
+            self._hidden_path = path
+        return self._hidden_path
+
     def compute_loss_sum(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum of token losses over the batch's targets, and the number of targets."""
-        logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"))
-        return token_loss_sum(logits, batch["labels"])
+        """Sum of token losses over the batch's targets, and the number of targets.
+
+        Override this to change the loss; return a sum (not a mean): the per-step normalisation is done by
+        the caller.
+        """
+        input_ids, labels = batch["input_ids"], batch["labels"]
+        path = self._resolve_hidden_path()
+        if path is None:
+            logits = self(input_ids, batch.get("attention_mask"), batch.get("position_ids"))
+            return token_loss_sum(logits, labels)
+        hidden = path.hidden_states(input_ids, batch.get("attention_mask"), batch.get("position_ids"))
+        hidden, targets = target_positions(hidden, labels)
+        count = torch.as_tensor(targets.shape[0], device=targets.device)
+        if self.loss_implementation == "liger":
+            return self._liger_loss_sum(path, hidden, targets), count
+        return chunked_cross_entropy_sum(hidden, targets, path.logits, self.loss_chunk_size), count
+
+    def _liger_loss_sum(
+        self, path: HiddenStatePath, hidden: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        try:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        except ImportError:
+            raise ConfigError(
+                "model.loss_implementation=liger needs liger-kernel: pip install -e '.[gpu]'"
+            ) from None
+        softcap = getattr(base_model(self.model).config, "final_logit_softcapping", None)
+        loss = LigerFusedLinearCrossEntropyLoss(reduction="sum", softcap=softcap)
+        return loss(path.head.weight, hidden, targets, getattr(path.head, "bias", None)).float()
 
     # ------------------------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -311,21 +370,59 @@ class SFTModule(LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Log the step's loss, the gradient norm (before clipping), the learning rate and tokens seen."""
-        grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
-        if grads:
-            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads, norm_type=2.0), on_step=True)
-        if self._step.loss is not None:
+        """Guard against non-finite steps; log the step's loss, the gradient norm (before clipping), the
+        learning rate and tokens seen."""
+        parameters = [p for p in self.trainable_parameters() if p.grad is not None]
+        grad_norm = (
+            torch.nn.utils.get_total_norm([p.grad for p in parameters], norm_type=2.0) if parameters else None
+        )
+        step_loss = self._step.loss
+        self._step.loss = None
+        self._guard_nonfinite(step_loss, grad_norm, parameters)
+        if grad_norm is not None:
+            self.log("train/grad_norm", grad_norm, on_step=True)
+        if step_loss is not None:
             # Each rank holds its micro-batches' share of the step mean; their sum is the step mean.
-            self.log(
-                "train/loss", self._step.loss, on_step=True, prog_bar=True, sync_dist=True, reduce_fx="sum"
-            )
+            self.log("train/loss", step_loss, on_step=True, prog_bar=True, sync_dist=True, reduce_fx="sum")
         self._step.totals["trained_tokens"] += self._step.trained_tokens
         self._step.totals["tokens"] += self._step.tokens
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True)
         self.log("train/trained_tokens_seen", float(self._step.totals["trained_tokens"]), on_step=True)
         self.log("train/tokens_seen", float(self._step.totals["tokens"]), on_step=True)
-        self._step.loss = None
+        if self.skipped_steps:
+            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True)
+
+    def _guard_nonfinite(
+        self,
+        step_loss: torch.Tensor | None,
+        grad_norm: torch.Tensor | None,
+        parameters: list[torch.nn.Parameter],
+    ) -> None:
+        """Skip (drop the gradients of) a step whose loss or gradient norm is not finite, within the budget
+        of ``skip_nonfinite_steps``; past it, stop with an error naming the step. All ranks decide together."""
+        values = [value for value in (step_loss, grad_norm) if value is not None]
+        finite = bool(all(torch.isfinite(value).all() for value in values))
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        step = self.trainer.global_step + 1
+        loss_text = f"{float(step_loss):.4g}" if step_loss is not None else "n/a"
+        norm_text = f"{float(grad_norm):.4g}" if grad_norm is not None else "n/a"
+        self.skipped_steps += 1
+        if self.skipped_steps > self.skip_nonfinite_steps:
+            raise TrainingError(
+                f"non-finite loss or gradient at step {step} (loss {loss_text}, gradient norm {norm_text}); "
+                f"{self.skipped_steps - 1} such steps were skipped before (model.skip_nonfinite_steps="
+                f"{self.skip_nonfinite_steps}). Lower the learning rate, check the data, or resume from the last "
+                "checkpoint"
+            )
+        for parameter in parameters:  # optimizers leave parameters without a gradient untouched
+            parameter.grad = None
+        log.warning(
+            f"lit_sft: step {step} skipped: non-finite loss or gradient (loss {loss_text}, gradient norm "
+            f"{norm_text}); {self.skipped_steps} of {self.skip_nonfinite_steps} allowed"
+        )
 
     def on_validation_epoch_start(self) -> None:
         # ``validate`` runs in inference mode and validation inside ``fit`` does not; metric states made in
@@ -360,6 +457,7 @@ class SFTModule(LightningModule):
         """Add tokens seen and the RNG states (Python, NumPy, torch, CUDA) for exact resume."""
         checkpoint["lit_sft"] = {
             "totals": dict(self._step.totals),
+            "skipped_steps": self.skipped_steps,
             "lora": asdict(self.lora) if self.lora else None,
             "rng": _rng_states(),
         }
@@ -367,6 +465,7 @@ class SFTModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("lit_sft", {})
         self._step.totals.update(state.get("totals", {}))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self._rng_to_restore = state.get("rng")
 
     def on_train_start(self) -> None:

@@ -10,7 +10,7 @@ from lightning.pytorch import seed_everything
 
 from lit_sft import SFTDataModule, SFTModule
 from lit_sft.errors import ConfigError
-from lit_sft.model.module import check_packed_attention
+from lit_sft.model.hf import check_packed_attention
 from tests.helpers import arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
 
 

@@ -1,0 +1,154 @@
+"""Hugging Face export: the hand-off to RL (verl's ``actor_rollout_ref.model.path``), vLLM and ``from_pretrained``.
+
+``export_hf`` writes ``save_pretrained`` weights, the tokenizer (with its chat template) and a generation
+config whose stop tokens are the template's end-of-turn tokens. LoRA is exported merged into the base
+weights (a plain model), as a peft adapter (``adapter_config.json`` with the trained ``lora_alpha``), or
+both. ``lit-sft export --ckpt … --out …`` converts a Lightning checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+from typing import Any, Literal
+
+import torch
+
+from lit_sft.errors import ConfigError
+from lit_sft.generation import stop_token_ids
+
+log = logging.getLogger("lit_sft")
+
+LoraExport = Literal["merged", "adapter", "both"]
+ExportDType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+def _generation_config(model: Any, tokenizer: Any) -> Any:
+    config = copy.deepcopy(model.generation_config)
+    stops = stop_token_ids(tokenizer, config)
+    config.eos_token_id = stops[0] if len(stops) == 1 else stops
+    config.pad_token_id = tokenizer.pad_token_id
+    if tokenizer.bos_token_id is not None:
+        config.bos_token_id = tokenizer.bos_token_id
+    return config
+
+
+def _finish(directory: str, model: Any, tokenizer: Any) -> None:
+    """Tokenizer, generation config, and ``use_cache`` back on for inference."""
+    tokenizer.save_pretrained(directory)
+    _generation_config(model, tokenizer).save_pretrained(directory)
+    config_path = os.path.join(directory, "config.json")
+    if os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as handle:
+            config = json.load(handle)
+        config["use_cache"] = True  # training turns the KV cache off; inference wants it
+        with open(config_path, "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=2, sort_keys=True)
+
+
+def _cast(model: torch.nn.Module, dtype: ExportDType) -> torch.nn.Module:
+    if dtype == "auto":
+        return model
+    return model.to({"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype])
+
+
+def export_hf(
+    model: Any,
+    tokenizer: Any,
+    out: str,
+    lora: LoraExport = "merged",
+    dtype: ExportDType = "auto",
+    base_model_name_or_path: str | None = None,
+) -> list[str]:
+    """Write ``model`` (a transformers model or a peft model around one) for ``from_pretrained``.
+
+    The live model is never modified: merging happens on a copy, so training can go on after an export.
+
+    Args:
+        model: The trained model.
+        tokenizer: Its tokenizer.
+        out: The output directory (replaced if it exists).
+        lora: For a peft model: ``merged`` (a full model with the adapters folded in), ``adapter`` (a peft
+            adapter directory), or ``both`` (``out`` merged, ``out/adapter`` the adapter).
+        dtype: Weight dtype of the export (``auto`` keeps the training dtype).
+        base_model_name_or_path: Recorded in the adapter's config (where peft loads the base from). When the
+            base model has no such path (random initialisation), the base weights are written to
+            ``out/base`` and recorded instead.
+
+    Returns:
+        The directories written.
+    """
+    if lora not in ("merged", "adapter", "both"):
+        raise ConfigError(f"lora export must be merged, adapter or both; got {lora!r}")
+    temporary = f"{out.rstrip(os.sep)}.tmp-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    written = [out]
+    is_peft = hasattr(model, "peft_config")
+    if not is_peft:
+        exported = _cast(copy.deepcopy(model).cpu(), dtype)
+        exported.save_pretrained(temporary, safe_serialization=True)
+        _finish(temporary, exported, tokenizer)
+    else:
+        if lora in ("merged", "both"):
+            merged = _cast(copy.deepcopy(model).cpu().merge_and_unload(), dtype)
+            merged.save_pretrained(temporary, safe_serialization=True)
+            _finish(temporary, merged, tokenizer)
+        if lora in ("adapter", "both"):
+            final_dir = out if lora == "adapter" else os.path.join(out, "adapter")
+            adapter_dir = temporary if lora == "adapter" else os.path.join(temporary, "adapter")
+            adapter = _cast(copy.deepcopy(model).cpu(), dtype)
+            base_path = base_model_name_or_path
+            if base_path is None:  # no base to point at: ship the (randomly initialised) base weights
+                base = copy.deepcopy(adapter).unload()
+                base.save_pretrained(os.path.join(adapter_dir, "base"), safe_serialization=True)
+                _finish(os.path.join(adapter_dir, "base"), base, tokenizer)
+                base_path = os.path.join(os.path.abspath(final_dir), "base")
+            for config in adapter.peft_config.values():
+                config.base_model_name_or_path = base_path
+            adapter.save_pretrained(adapter_dir, safe_serialization=True)
+            _finish(adapter_dir, adapter.get_base_model(), tokenizer)
+            if lora == "both":
+                written.append(final_dir)
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    os.replace(temporary, out)  # readers never see a half-written export
+    log.info(f"exported Hugging Face model to {out}" + (f" ({lora})" if is_peft else ""))
+    return written
+
+
+def export_checkpoint(
+    ckpt: str, out: str, lora: LoraExport = "merged", dtype: ExportDType = "auto"
+) -> list[str]:
+    """Convert a Lightning checkpoint of ``lit-sft fit`` into a Hugging Face model directory.
+
+    Args:
+        ckpt: The ``.ckpt`` file (``last.ckpt``, or any step's).
+        out: The output directory.
+        lora: For LoRA runs: ``merged``, ``adapter`` or ``both``.
+        dtype: ``auto`` (the training dtype), ``float32``, ``bfloat16`` or ``float16``.
+    """
+    from lit_sft.model import SFTModule
+
+    if not os.path.isfile(ckpt):
+        raise ConfigError(f"no checkpoint at {ckpt}")
+    module = SFTModule.load_from_checkpoint(ckpt, map_location="cpu")
+    written = export_hf(
+        module.model,
+        module.tokenizer,
+        out,
+        lora=lora,
+        dtype=dtype,
+        base_model_name_or_path=module.model_name_or_path,
+    )
+    print(f"exported {ckpt} -> {', '.join(written)}")
+    return written
+
+
+def main(command: str, args: list[str]) -> None:
+    """``lit-sft export --ckpt … --out …``."""
+    from jsonargparse import CLI
+
+    CLI(export_checkpoint, args=args, prog="lit-sft export", as_positional=False)

@@ -1,0 +1,196 @@
+"""What lit_sft needs to know about a Hugging Face causal LM beyond ``from_pretrained``.
+
+* Dropout overrides across the many names configs use.
+* The split into decoder (hidden states) and LM head, so that the loss can compute logits for target
+  positions only, in chunks; checked numerically against the model's own logits before use.
+* Liger kernels (RMSNorm, RoPE, SwiGLU) on GPU.
+* A check that packed rows do not attend to each other.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lit_sft.errors import ConfigError
+
+log = logging.getLogger("lit_sft")
+
+#: Config attributes that hold a dropout probability, across model families.
+DROPOUT_ATTRIBUTES = (
+    "attention_dropout",
+    "hidden_dropout",
+    "dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "activation_dropout",
+)
+
+
+def apply_dropout(config: Any, probability: float) -> list[str]:
+    """Set every dropout probability the config has to ``probability``; return the names set.
+
+    Raises:
+        ConfigError: When the probability is outside [0, 1) or the config has no dropout to set.
+    """
+    if not 0.0 <= probability < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {probability}")
+    names = [name for name in DROPOUT_ATTRIBUTES if isinstance(getattr(config, name, None), int | float)]
+    if not names:
+        raise ConfigError(f"model.dropout: {type(config).__name__} has none of {DROPOUT_ATTRIBUTES}")
+    for name in names:
+        setattr(config, name, probability)
+    return names
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face model inside a peft wrapper (the model itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def logits_postprocess(config: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What some families apply between the LM head and the logits (Gemma's soft-capping, scaling)."""
+    steps: list[Callable[[torch.Tensor], torch.Tensor]] = []
+    scale = getattr(config, "logit_scale", None)  # Cohere multiplies
+    if isinstance(scale, int | float) and scale != 1:
+        steps.append(lambda logits: logits * scale)
+    divisor = getattr(config, "logits_scaling", None)  # Granite divides
+    if isinstance(divisor, int | float) and divisor != 1:
+        steps.append(lambda logits: logits / divisor)
+    cap = getattr(config, "final_logit_softcapping", None)  # Gemma 2 and 3
+    if isinstance(cap, int | float) and cap:
+        steps.append(lambda logits: torch.tanh(logits / cap) * cap)
+    if not steps:
+        return None
+
+    def apply(logits: torch.Tensor) -> torch.Tensor:
+        for step in steps:
+            logits = step(logits)
+        return logits
+
+    return apply
+
+
+@dataclass
+class HiddenStatePath:
+    """The decoder and LM head of a model, for computing logits of selected positions only.
+
+    Attributes:
+        decoder: Returns the final hidden states (``model.get_decoder()``).
+        head: The LM head (``model.get_output_embeddings()``).
+        postprocess: Applied to the head's output (None: nothing).
+    """
+
+    decoder: torch.nn.Module
+    head: torch.nn.Module
+    postprocess: Callable[[torch.Tensor], torch.Tensor] | None
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None
+    ) -> torch.Tensor:
+        output = self.decoder(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
+        return output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.head(hidden)
+        return self.postprocess(logits) if self.postprocess is not None else logits
+
+
+@torch.no_grad()
+def hidden_state_path(model: torch.nn.Module) -> HiddenStatePath | None:
+    """The model's decoder/head split, if its logits really are ``head(decoder(...))`` (checked on a tiny
+    input); None when the model lacks the accessors or computes its logits some other way."""
+    base = base_model(model)
+    try:
+        decoder, head = base.get_decoder(), base.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if decoder is None or head is None or decoder is base:
+        return None
+    path = HiddenStatePath(decoder, head, logits_postprocess(base.config))
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    input_ids = torch.randint(0, head.weight.shape[0], (1, 6), generator=torch.Generator().manual_seed(0)).to(
+        device
+    )
+    try:
+        expected = model(input_ids=input_ids, use_cache=False).logits.float()
+        actual = path.logits(path.hidden_states(input_ids, None, None)).float()
+    except Exception as error:  # a model whose decoder cannot be called on its own
+        log.warning(f"lit_sft: the chunked loss is off for this model ({type(error).__name__}: {error})")
+        return None
+    finally:
+        model.train(was_training)
+    scale = max(float(expected.abs().max()), 1.0)
+    if expected.shape != actual.shape or float((expected - actual).abs().max()) > 1e-4 * scale:
+        log.warning("lit_sft: the chunked loss is off: this model's logits are not lm_head(hidden states)")
+        return None
+    return path
+
+
+def apply_liger_kernels(model: torch.nn.Module) -> None:
+    """Swap in Liger's Triton kernels (RMSNorm, RoPE, SwiGLU) for the model's own modules.
+
+    Raises:
+        ConfigError: Without ``liger-kernel`` or a CUDA GPU, or for a model family Liger does not cover.
+    """
+    if not torch.cuda.is_available():
+        raise ConfigError("model.liger_kernels needs a CUDA GPU (Liger's kernels are Triton)")
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError:
+        raise ConfigError("model.liger_kernels needs liger-kernel: pip install -e '.[gpu]'") from None
+    try:
+        _apply_liger_kernel_to_instance(
+            model=base_model(model),
+            rope=True,
+            rms_norm=True,
+            swiglu=True,
+            cross_entropy=False,
+            fused_linear_cross_entropy=False,
+        )
+    except Exception as error:
+        raise ConfigError(f"model.liger_kernels: Liger does not support this model ({error})") from None
+
+
+@torch.no_grad()
+def check_packed_attention(model: torch.nn.Module, attn_implementation: str | None = None) -> None:
+    """Verify that packed rows do not attend to each other in this model.
+
+    Two short random rows are run separately and packed (``position_ids`` restarting, no attention mask,
+    no cache); their logits must agree. Transformers builds the block-diagonal mask from ``position_ids``
+    for its own attention implementations; a model with custom attention code may not, and would then
+    silently train every row on its neighbours.
+
+    Raises:
+        ConfigError: When the packed logits differ.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    vocab = model.get_input_embeddings().num_embeddings
+    generator = torch.Generator().manual_seed(0)
+    first, second = (torch.randint(0, vocab, (1, n), generator=generator).to(device) for n in (5, 7))
+    packed = torch.cat([first, second], dim=1)
+    positions = torch.cat([torch.arange(5), torch.arange(7)])[None].to(device)
+    alone = [model(input_ids=row, use_cache=False).logits.float() for row in (first, second)]
+    together = model(input_ids=packed, position_ids=positions, use_cache=False).logits.float()
+    model.train(was_training)
+    difference = max((together[:, :5] - alone[0]).abs().max(), (together[:, 5:] - alone[1]).abs().max())
+    scale = max(alone[0].abs().max(), alone[1].abs().max(), torch.tensor(1.0, device=device))
+    if difference > 1e-3 * scale:
+        raise ConfigError(
+            f"packing: this model (attn_implementation={attn_implementation!r}) lets packed rows attend to each "
+            f"other (logits differ by {float(difference):.3g}); use sdpa, flash_attention_2 or flex_attention, "
+            "or set data.packing=false"
+        )

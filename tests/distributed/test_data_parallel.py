@@ -1,0 +1,57 @@
+"""Loss invariance across world size: 2 CPU processes (gloo) equal 1 process on the same global batch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.distributed import worker
+from tests.helpers import arithmetic_rows, quiet_trainer, write_jsonl
+
+WORKER = worker.__file__
+
+
+def run_distributed(tmp_path, strategy: str, lora: bool, batch_size: int = 2, accumulate: int = 2) -> dict:
+    out = tmp_path / f"{strategy}-{lora}.pt"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", WORKER,
+        "--data", str(tmp_path / "train.jsonl"), "--out", str(out), "--strategy", strategy,
+        "--batch_size", str(batch_size), "--accumulate", str(accumulate),
+    ] + (["--lora"] if lora else [])  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.path.join(os.path.dirname(WORKER), "..", ".."),
+    }
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return torch.load(out)
+
+
+def run_single(tmp_path, lora: bool) -> dict:
+    args = worker.argparse.Namespace(data=str(tmp_path / "train.jsonl"), batch_size=8, lora=lora)
+    module, data = worker.build(args)
+    capture = worker.Capture()
+    trainer = quiet_trainer(max_steps=1, callbacks=[capture])
+    trainer.fit(module, datamodule=data)
+    return {"loss": float(trainer.callback_metrics["train/loss"]), "grads": capture.grads}
+
+
+def assert_same_step(distributed: dict, single: dict) -> None:
+    assert distributed["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    assert distributed["grads"].keys() == single["grads"].keys()
+    for name, grad in single["grads"].items():
+        scale = float(grad.abs().max())
+        torch.testing.assert_close(distributed["grads"][name], grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_ddp_on_two_processes_equals_one_process(tmp_path, lora: bool) -> None:
+    """8 rows of different lengths per step: 2 ranks x 2 rows x 2 accumulation == 1 process x 8 rows."""
+    write_jsonl(str(tmp_path / "train.jsonl"), arithmetic_rows(8))
+    assert_same_step(run_distributed(tmp_path, "ddp", lora), run_single(tmp_path, lora))

@@ -1,0 +1,88 @@
+"""One optimizer step under a distributed strategy, launched by torchrun; rank 0 saves loss and gradients.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distributed/worker.py \
+        --data train.jsonl --out result.pt --strategy ddp --batch_size 2 --accumulate 2 [--lora]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from functools import partial
+
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+from lit_sft import SFTDataModule, SFTModule
+from lit_sft.model import LoraOptions
+from tests.helpers import tiny_model_config
+
+
+class Capture(Callback):
+    def __init__(self) -> None:
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        for name, parameter in pl_module.named_parameters():
+            if parameter.grad is not None:
+                grad = parameter.grad
+                self.grads[name] = (
+                    (grad.full_tensor() if hasattr(grad, "full_tensor") else grad).detach().clone()
+                )
+
+
+def build(args: argparse.Namespace) -> tuple[SFTModule, SFTDataModule]:
+    seed_everything(0)
+    module = SFTModule(
+        model_config=tiny_model_config(initializer_range=0.3),
+        tokenizer_name_or_path="builtin:byte-chatml",
+        lora=LoraOptions(r=4, alpha=8) if args.lora else None,
+        lr_scheduler=None,
+        optimizer=partial(torch.optim.SGD, lr=0.1),
+    )
+    data = SFTDataModule(
+        train_files=args.data,
+        tokenizer_name_or_path="builtin:byte-chatml",
+        prompt_key="question",
+        response_key="answer",
+        batch_size=args.batch_size,
+        shuffle=False,
+    )
+    return module, data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--strategy", default="ddp")
+    parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument("--accumulate", type=int, default=2)
+    parser.add_argument("--lora", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    module, data = build(args)
+    capture = Capture()
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=int(os.environ.get("WORLD_SIZE", "1")),
+        strategy=args.strategy,
+        max_steps=1,
+        accumulate_grad_batches=args.accumulate,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[capture],
+    )
+    trainer.fit(module, datamodule=data)
+    if trainer.global_rank == 0:
+        torch.save({"loss": float(trainer.callback_metrics["train/loss"]), "grads": capture.grads}, args.out)
+
+
+if __name__ == "__main__":
+    main()
