@@ -17,9 +17,11 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from lit_sft.callbacks import RunSummary
+from lit_sft.callbacks.preemption import Preempted, Preemption
 from lit_sft.data import SFTDataModule
 from lit_sft.errors import LitSFTError
 from lit_sft.model import SFTModule
+from lit_sft.preflight import preflight
 
 log = logging.getLogger("lit_sft")
 
@@ -37,6 +39,12 @@ class SFTCLI(LightningCLI):
             "fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
             "validate": {"model", "dataloaders", "datamodule"},
         }
+
+    def before_fit(self) -> None:
+        preflight(self.trainer, self.model, self.datamodule)
+
+    def before_validate(self) -> None:
+        preflight(self.trainer, self.model, self.datamodule)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments(
@@ -74,8 +82,9 @@ def main(args: ArgsType = None, run: bool = True) -> SFTCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         trainer_defaults={
-            "callbacks": [RunSummary()],
+            "callbacks": [RunSummary(), Preemption()],
             "logger": lazy_instance(CSVLogger, save_dir="runs", name="lit_sft"),
+            "plugins": [{"class_path": "lit_sft.checkpoint_io.AtomicCheckpointIO"}],
         },
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
@@ -108,6 +117,9 @@ def entry_point(argv: list[str] | None = None) -> None:
             importlib.import_module(COMMANDS[words[0]]).main(words[0], words[1:])
         else:
             main(argv)
+    except Preempted as stopped:
+        print(f"lit-sft: stopped: {stopped}", file=sys.stderr)
+        sys.exit(128 + int(stopped.signum))
     except LitSFTError as error:
         print(f"lit-sft: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -102,6 +102,7 @@ def test_user_errors_print_one_line_without_a_traceback(tmp_path, monkeypatch, c
             "lit-sft", "fit", "--config", QUICKSTART,
             "--data", "lit_sft.SFTDataModule",
             "--data.init_args.train_files", bad,
+            "--data.init_args.val_files", bad,
             "--data.init_args.prompt_key", "question",
             "--data.init_args.response_key", "answer",
         ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ from lit_sft.data.pipeline import (
 )
 from lit_sft.data.sampler import MicroBatchSampler
 from lit_sft.data.tokenize import TokenizeOptions, Truncation
-from lit_sft.errors import ConfigError
+from lit_sft.errors import ConfigError, DataFileError
 from lit_sft.tokenizer import load_tokenizer
 
 log = logging.getLogger("lit_sft")
@@ -87,7 +88,7 @@ class SFTDataModule(LightningDataModule):
 
     def __init__(
         self,
-        train_files: str | list[str] | None = None,
+        train_files: str | list[str],
         val_files: str | list[str] | None = None,
         tokenizer_name_or_path: str | None = None,
         chat_template: str | None = None,
@@ -181,6 +182,19 @@ class SFTDataModule(LightningDataModule):
                 self.tokenizer_name_or_path, self.chat_template, self.trust_remote_code
             )
         return self._tokenizer
+
+    def preflight_problems(self) -> list[str]:
+        """Problems visible before reading any data: local data files that do not exist."""
+        problems = []
+        for key in ("train_files", "val_files"):
+            try:
+                for spec in expand_specs(getattr(self, key)):
+                    local = spec.startswith((".", "/", "~")) or (os.sep in spec and os.path.splitext(spec)[1])
+                    if local and not os.path.exists(os.path.expanduser(spec)):
+                        problems.append(f"data.{key}: {spec}: no such file")
+            except DataFileError as error:
+                problems.append(f"data.{key}: {error}")
+        return problems
 
     def _load(self, specs: str | Sequence[str] | None, default_split: str) -> list[Source]:
         return [

@@ -213,7 +213,52 @@ def _messages_conversation(row: Mapping[str, Any], options: FormatOptions) -> Co
         assistant = assistant[-1:]
     trained = [i in assistant for i in range(len(messages))]
     tools = parse_tools(row.get(options.tools_key), options.tools_key) if options.tools_key in row else None
+    check_tool_use(messages, tools, options.messages_key)
     return Conversation(messages=messages, trained=trained, tools=tools, field=options.messages_key)
+
+
+def _tool_name(tool: Mapping[str, Any]) -> Any:
+    function = tool.get("function")
+    return function.get("name") if isinstance(function, Mapping) else tool.get("name")
+
+
+def check_tool_use(
+    messages: Sequence[Mapping[str, Any]], tools: list[dict[str, Any]] | None, field_name: str
+) -> None:
+    """Tool calls must name a tool the row declares (when it declares any), and every tool result must
+    answer an assistant tool call made before it.
+
+    Raises:
+        InvalidRow: Kind ``mismatched_tools``, naming the message.
+    """
+    declared = {_tool_name(tool) for tool in tools or []}
+    answering = False  # whether tool results may follow (an assistant tool call came last)
+    for index, message in enumerate(messages):
+        role = message["role"]
+        if role == "assistant":
+            calls = message.get("tool_calls") or []
+            for position, call in enumerate(calls):
+                name = (
+                    call.get("function", {}).get("name")
+                    if isinstance(call.get("function"), Mapping)
+                    else None
+                )
+                if tools and name not in declared:
+                    raise InvalidRow(
+                        f"{field_name}[{index}].tool_calls[{position}].function.name",
+                        f"calls {name!r}, which is not among the row's tools {sorted(map(str, declared))}",
+                        kind="mismatched_tools",
+                    )
+            answering = bool(calls)
+        elif role == "tool":
+            if not answering:
+                raise InvalidRow(
+                    f"{field_name}[{index}]",
+                    "a tool result with no assistant tool call before it",
+                    "mismatched_tools",
+                )
+        else:
+            answering = False
 
 
 def prompt_messages(row: Mapping[str, Any], options: FormatOptions) -> list[dict[str, Any]]:

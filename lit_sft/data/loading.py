@@ -105,6 +105,8 @@ def load_source(
         builder = _builder_for(path)
         if builder is None:
             raise DataFileError(f"{spec}: unknown file type; expected one of {sorted(BUILDERS)}")
+        if os.path.getsize(path) == 0:
+            raise DataFileError(f"{spec}: the file is empty")
         kwargs: dict = {"path": builder, "data_files": os.path.abspath(path), "split": "train"}
     elif os.path.isdir(path):
         kwargs = {"path": os.path.abspath(path), "split": default_split}

@@ -149,6 +149,12 @@ class SyntheticGSM8KDataModule(SFTDataModule):
             **kwargs,
         )
 
+    def preflight_problems(self) -> list[str]:
+        write_splits(
+            self.data_dir, self.num_train, self.num_val, self.data_seed
+        )  # cheap, and then they exist
+        return super().preflight_problems()
+
     def plan_splits(self) -> dict:
         """Write the files (once), then read them like any data."""
         write_splits(self.data_dir, self.num_train, self.num_val, self.data_seed)

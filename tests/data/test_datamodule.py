@@ -251,7 +251,7 @@ def test_configuration_mistakes_are_config_errors(tmp_path) -> None:
     with pytest.raises(ConfigError, match="val_ratio"):
         datamodule("x.jsonl", val_ratio=1.5)
     with pytest.raises(ConfigError, match="train_files is not set"):
-        SFTDataModule(tokenizer_name_or_path="builtin:byte-chatml").setup("fit")
+        SFTDataModule(train_files=[], tokenizer_name_or_path="builtin:byte-chatml").setup("fit")
     with pytest.raises(ConfigError, match="tokenizer_name_or_path is not set"):
         SFTDataModule(train_files=make_data(tmp_path, arithmetic_rows(2)), prompt_key="question").setup("fit")
 

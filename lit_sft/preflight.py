@@ -1,0 +1,99 @@
+"""Start-up checks: configuration mistakes found before any data is tokenized or any model is loaded.
+
+``lit-sft fit`` and ``lit-sft validate`` run `preflight` right after parsing; a Python user can call it
+before ``trainer.fit``. Every problem found is reported at once, one line each, in a single `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+from lit_sft.errors import ConfigError
+
+#: Attention implementations of transformers that keep packed rows apart (position_ids restarting).
+PACKING_ATTENTION = {"sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"}
+
+
+def _writable(directory: str) -> str | None:
+    """None when ``directory`` can be created and written to, else the reason."""
+    if "://" in directory:
+        return None
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        return f"{error.strerror or error}"
+    return None
+
+
+def _output_directories(trainer: Any) -> dict[str, str]:
+    directories = {"trainer.default_root_dir": trainer.default_root_dir}
+    for index, logger in enumerate(trainer.loggers):
+        root = getattr(logger, "root_dir", None) or getattr(logger, "save_dir", None)
+        if root:
+            directories[f"trainer.logger[{index}] ({type(logger).__name__})"] = root
+    for callback in trainer.callbacks:
+        for attribute in ("dirpath", "output_dir"):
+            value = getattr(callback, attribute, None)
+            if isinstance(value, str) and value:
+                directories[f"{type(callback).__name__}.{attribute}"] = value
+    return directories
+
+
+def _monitored_val_metrics(trainer: Any) -> list[str]:
+    return [
+        f"{type(callback).__name__} monitors {callback.monitor}"
+        for callback in trainer.callbacks
+        if isinstance(getattr(callback, "monitor", None), str) and callback.monitor.startswith("val/")
+    ]
+
+
+def preflight(trainer: Any, model: Any, datamodule: Any) -> None:
+    """Check the run's configuration before any heavy work.
+
+    Checks that output directories are writable, that local data files exist, that GPU-only options are
+    not asked of a CPU run, that packing is paired with an attention implementation that keeps rows
+    apart, and that callbacks watching validation metrics have validation data.
+
+    Raises:
+        ConfigError: Listing every problem found.
+    """
+    problems: list[str] = []
+    for name, directory in _output_directories(trainer).items():
+        reason = _writable(directory)
+        if reason:
+            problems.append(f"{name}: cannot write to {directory} ({reason})")
+
+    problems += datamodule.preflight_problems() if hasattr(datamodule, "preflight_problems") else []
+
+    on_gpu = trainer.accelerator.__class__.__name__ == "CUDAAccelerator" and torch.cuda.is_available()
+    attention = getattr(model, "attn_implementation", None)
+    if attention in ("flash_attention_2", "flash_attention_3") and not on_gpu:
+        problems.append(f"model.attn_implementation={attention} needs a CUDA GPU; use sdpa on CPU")
+    if getattr(model, "liger_kernels", False) and not on_gpu:
+        problems.append("model.liger_kernels needs a CUDA GPU")
+    if getattr(model, "loss_implementation", None) == "liger" and not on_gpu:
+        problems.append("model.loss_implementation=liger needs a CUDA GPU; use chunked")
+    if getattr(datamodule, "packing", False) and attention not in PACKING_ATTENTION:
+        problems.append(
+            f"data.packing with model.attn_implementation={attention!r}: only {sorted(PACKING_ATTENTION)} are known "
+            "to keep packed rows apart"
+        )
+
+    has_val = bool(getattr(datamodule, "val_files", None)) or getattr(datamodule, "val_ratio", 0) > 0
+    if not has_val and trainer.limit_val_batches != 0:
+        for watcher in _monitored_val_metrics(trainer):
+            problems.append(
+                f"{watcher}, but the data has no validation split (set data.val_files or data.val_ratio)"
+            )
+        for callback in trainer.callbacks:
+            if type(callback).__name__ == "GSM8KEvaluation" and not getattr(callback, "data_files", None):
+                problems.append("GSM8KEvaluation has no questions: set its data_files or data.val_files")
+
+    if problems:
+        raise ConfigError("the configuration cannot run:\n  " + "\n  ".join(problems))

@@ -1,0 +1,158 @@
+"""Kill, preempt and resume real `lit-sft fit` processes; the finished run must equal an uninterrupted one."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+TOTAL_STEPS = 12  # 24 rows, 4 per step: 6 steps per epoch
+
+
+def config(root: str, every: int, callbacks: list | None = None, plugins: list | None = None) -> str:
+    values = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": TOTAL_STEPS,
+            "log_every_n_steps": 1,
+            "num_sanity_val_steps": 0,
+            "enable_progress_bar": False,
+            "default_root_dir": root,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": root, "name": "logs"}},
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": f"{root}/checkpoints", "every_n_train_steps": every, "save_top_k": -1, "save_last": True},
+                },
+                *(callbacks or []),
+            ],
+        },
+        "model": {
+            "class_path": "lit_sft.SFTModule",
+            "init_args": {
+                "tokenizer_name_or_path": "builtin:byte-chatml",
+                "model_config": {
+                    "model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "attention_dropout": 0.1,
+                },
+                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-3}},
+            },
+        },
+        "data": {
+            "class_path": "lit_sft.SyntheticGSM8KDataModule",
+            "init_args": {"num_train": 24, "num_val": 0, "batch_size": 4, "data_dir": f"{root}/../data"},
+        },
+    }  # fmt: skip
+    if plugins:
+        values["trainer"]["plugins"] = plugins
+    path = os.path.join(root, "config.yaml")
+    os.makedirs(root, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(values, handle)
+    return path
+
+
+def fit(config_path: str, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "lit_sft", "fit", "--config", config_path, *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+
+def losses(root: str) -> dict[int, float]:
+    """train/loss by step over every run in ``root`` (a resumed run's values win)."""
+    values: dict[int, float] = {}
+    for path in sorted(glob.glob(os.path.join(root, "logs", "version_*", "metrics.csv"))):
+        with open(path, encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("train/loss"):
+                    values[int(row["step"]) + 1] = float(row["train/loss"])
+    return values
+
+
+def weights(root: str) -> dict[str, torch.Tensor]:
+    return torch.load(os.path.join(root, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)[
+        "state_dict"
+    ]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("faults") / "uninterrupted")
+    result = fit(config(root, every=3))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(losses(root)) == list(range(1, TOTAL_STEPS + 1))
+    return root
+
+
+def assert_same_run(resumed_root: str, reference_root: str, from_step: int) -> None:
+    reference, resumed = losses(reference_root), losses(resumed_root)
+    assert sorted(resumed) == list(range(1, TOTAL_STEPS + 1))
+    assert {step: resumed[step] for step in range(from_step + 1, TOTAL_STEPS + 1)} == {
+        step: reference[step] for step in range(from_step + 1, TOTAL_STEPS + 1)
+    }
+    expected, actual = weights(reference_root), weights(resumed_root)
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("every", "kill_at", "resumes_from"),
+    [(4, 6, 4), (3, 7, 6)],
+    ids=["mid-epoch", "epoch-boundary"],
+)
+def test_sigkill_then_resume_from_last(
+    uninterrupted, tmp_path, every: int, kill_at: int, resumes_from: int
+) -> None:
+    root = str(tmp_path / "run")
+    path = config(
+        root,
+        every,
+        callbacks=[{"class_path": "tests.faults.injectors.KillAt", "init_args": {"step": kill_at}}],
+    )
+    killed = fit(path)
+    assert killed.returncode == -signal.SIGKILL
+    assert torch.load(f"{root}/checkpoints/last.ckpt", weights_only=False)["global_step"] == resumes_from
+    resumed = fit(config(root, every), "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(root, uninterrupted, resumes_from)
+
+
+@pytest.mark.slow
+def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(uninterrupted, tmp_path) -> None:
+    """Saves: step 3 (2 files: step=3 and last), step 6 (2), step 9 (the 5th save is cut in half)."""
+    root = str(tmp_path / "run")
+    plugins = [{"class_path": "tests.faults.injectors.CrashingCheckpointIO", "init_args": {"crash_on": 5}}]
+    killed = fit(config(root, 3, plugins=plugins))
+    assert killed.returncode == -signal.SIGKILL
+    assert glob.glob(f"{root}/checkpoints/*.tmp-*"), "the crash should have left a partial temporary file"
+    assert not os.path.exists(f"{root}/checkpoints/epoch=1-step=9.ckpt")
+    assert torch.load(f"{root}/checkpoints/last.ckpt", weights_only=False)["global_step"] == 6
+    resumed = fit(config(root, 3), "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(root, uninterrupted, 6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_a_preemption_signal_saves_a_checkpoint_and_stops_cleanly(uninterrupted, tmp_path, name: str) -> None:
+    root = str(tmp_path / "run")
+    callbacks = [{"class_path": "tests.faults.injectors.SignalAt", "init_args": {"step": 5, "name": name}}]
+    stopped = fit(config(root, 4, callbacks=callbacks))
+    assert stopped.returncode == 128 + getattr(signal, name), stopped.stderr[-3000:]
+    assert f"lit-sft: stopped: {name} received: checkpoint of step 5 saved to" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert torch.load(f"{root}/checkpoints/last.ckpt", weights_only=False)["global_step"] == 5
+    resumed = fit(config(root, 4), "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(root, uninterrupted, 5)
