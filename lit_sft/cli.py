@@ -88,6 +88,8 @@ def main(args: ArgsType = None, run: bool = True) -> SFTCLI:
         },
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
+            # ${trainer.default_root_dir} in configs follows --trainer.default_root_dir given on the command line
+            "parser_mode": "omegaconf+",
             "prog": "lit-sft",
             "description": "Supervised fine-tuning of Hugging Face causal LMs on Lightning.",
         },

@@ -85,6 +85,19 @@ def preflight(trainer: Any, model: Any, datamodule: Any) -> None:
             "to keep packed rows apart"
         )
 
+    sequence = int(getattr(model, "sequence_parallel_size", 1) or 1)
+    if sequence > 1:
+        if not getattr(datamodule, "packing", False):
+            problems.append("model.sequence_parallel_size > 1 splits packed sequences: set data.packing=true")
+        if trainer.world_size % sequence:
+            problems.append(
+                f"model.sequence_parallel_size={sequence} must divide the number of processes ({trainer.world_size})"
+            )
+        if attention not in ("sdpa", "eager", "flash_attention_2", "flash_attention_3"):
+            problems.append(
+                f"model.sequence_parallel_size > 1 works with sdpa, eager or flash_attention_2/3, not {attention!r}"
+            )
+
     has_val = bool(getattr(datamodule, "val_files", None)) or getattr(datamodule, "val_ratio", 0) > 0
     if not has_val and trainer.limit_val_batches != 0:
         for watcher in _monitored_val_metrics(trainer):

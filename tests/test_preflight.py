@@ -81,3 +81,10 @@ def test_a_missing_required_path_fails_at_parse_time(tmp_path, capsys) -> None:
         entry_point(["fit", "--model", "lit_sft.SFTModule", "--data", "lit_sft.SFTDataModule"])
     assert exit_info.value.code != 0
     assert "train_files" in capsys.readouterr().err
+
+
+def test_sequence_parallelism_needs_packing_and_a_divisible_world(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    err = run(["--model.init_args.sequence_parallel_size", "2"], capsys)
+    assert "model.sequence_parallel_size > 1 splits packed sequences: set data.packing=true" in err
+    assert "model.sequence_parallel_size=2 must divide the number of processes (1)" in err

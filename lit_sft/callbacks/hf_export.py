@@ -8,6 +8,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
+from lit_sft.distributed import gather_full_state_dict, is_sharded
 from lit_sft.errors import ConfigError
 from lit_sft.export import ExportDType, LoraExport, export_hf
 
@@ -46,11 +47,17 @@ class HFExport(Callback):
         self._last_step = 0
 
     def _export(self, trainer: Trainer, pl_module: LightningModule, name: str) -> None:
+        model = pl_module.model
+        if is_sharded(trainer):  # every rank takes part in gathering; rank 0 loads an unsharded copy
+            state = gather_full_state_dict(trainer)
+            if trainer.global_rank != 0:
+                return
+            model = pl_module.build_unsharded(state)
         if trainer.global_rank != 0:
             return
         directory = os.path.join(self.dirpath or os.path.join(trainer.default_root_dir, "hf"), name)
         self.exported += export_hf(
-            pl_module.model,
+            model,
             pl_module.tokenizer,
             directory,
             lora=self.lora,

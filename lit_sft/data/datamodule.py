@@ -26,6 +26,7 @@ from lit_sft.data.pipeline import (
 )
 from lit_sft.data.sampler import MicroBatchSampler
 from lit_sft.data.tokenize import TokenizeOptions, Truncation
+from lit_sft.distributed import data_parallel_layout
 from lit_sft.errors import ConfigError, DataFileError
 from lit_sft.tokenizer import load_tokenizer
 
@@ -269,11 +270,11 @@ class SFTDataModule(LightningDataModule):
             log.info(summary.line())
 
     def _trainer_layout(self) -> tuple[int, int, int]:
-        """(world size, rank, accumulation) from the attached trainer, or a single process."""
+        """(data-parallel size, data-parallel rank, accumulation) from the attached trainer, or a single process."""
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return 1, 0, 1
-        return trainer.world_size, trainer.global_rank, trainer.accumulate_grad_batches
+        return (*data_parallel_layout(trainer), trainer.accumulate_grad_batches)
 
     def _collator(self) -> PaddingCollator | PackedCollator:
         if self.packing:

@@ -82,12 +82,18 @@ def logits_postprocess(config: Any) -> Callable[[torch.Tensor], torch.Tensor] | 
 class HiddenStatePath:
     """The decoder and LM head of a model, for computing logits of selected positions only.
 
+    Hidden states are taken from the decoder's output during a forward pass of the *whole* model (with
+    ``logits_to_keep=1``, so the head runs on one position only): going through the top-level forward keeps
+    wrappers around it working (FSDP2 gathers the parameters its root owns, peft routes through adapters).
+
     Attributes:
-        decoder: Returns the final hidden states (``model.get_decoder()``).
+        model: The whole model (called).
+        decoder: The module whose output is the final hidden states (``model.get_decoder()``).
         head: The LM head (``model.get_output_embeddings()``).
         postprocess: Applied to the head's output (None: nothing).
     """
 
+    model: torch.nn.Module
     decoder: torch.nn.Module
     head: torch.nn.Module
     postprocess: Callable[[torch.Tensor], torch.Tensor] | None
@@ -95,10 +101,23 @@ class HiddenStatePath:
     def hidden_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None
     ) -> torch.Tensor:
-        output = self.decoder(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        )
-        return output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        captured: list[torch.Tensor] = []
+
+        def keep(module: torch.nn.Module, args: Any, output: Any) -> None:
+            captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+
+        handle = self.decoder.register_forward_hook(keep)
+        try:
+            self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+                logits_to_keep=1,
+            )
+        finally:
+            handle.remove()
+        return captured[-1]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.head(hidden)
@@ -108,7 +127,8 @@ class HiddenStatePath:
 @torch.no_grad()
 def hidden_state_path(model: torch.nn.Module) -> HiddenStatePath | None:
     """The model's decoder/head split, if its logits really are ``head(decoder(...))`` (checked on a tiny
-    input); None when the model lacks the accessors or computes its logits some other way."""
+    input); None when the model lacks the accessors, takes no ``logits_to_keep``, or computes its logits
+    some other way."""
     base = base_model(model)
     try:
         decoder, head = base.get_decoder(), base.get_output_embeddings()
@@ -116,7 +136,7 @@ def hidden_state_path(model: torch.nn.Module) -> HiddenStatePath | None:
         return None
     if decoder is None or head is None or decoder is base:
         return None
-    path = HiddenStatePath(decoder, head, logits_postprocess(base.config))
+    path = HiddenStatePath(model, decoder, head, logits_postprocess(base.config))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -126,7 +146,7 @@ def hidden_state_path(model: torch.nn.Module) -> HiddenStatePath | None:
     try:
         expected = model(input_ids=input_ids, use_cache=False).logits.float()
         actual = path.logits(path.hidden_states(input_ids, None, None)).float()
-    except Exception as error:  # a model whose decoder cannot be called on its own
+    except Exception as error:  # a model whose forward takes no logits_to_keep, or whose decoder is elsewhere
         log.warning(f"lit_sft: the chunked loss is off for this model ({type(error).__name__}: {error})")
         return None
     finally:

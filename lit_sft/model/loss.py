@@ -19,21 +19,25 @@ from torch.utils.checkpoint import checkpoint
 from lit_sft.data.tokenize import IGNORE_INDEX
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def token_loss_sum(
+    logits: torch.Tensor, labels: torch.Tensor, shifted: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of next-token cross-entropies over target positions, and the number of targets.
 
     Args:
         logits: ``(batch, seq, vocab)`` logits for every position.
         labels: ``(batch, seq)`` labels aligned with the inputs (``IGNORE_INDEX`` where not trained);
             position ``t`` of ``logits`` predicts ``labels[t + 1]``.
+        shifted: ``labels`` are already shifted (position ``t`` predicts ``labels[t]``), as in a slice of a
+            sequence split across ranks.
 
     Returns:
         The fp32 loss sum (a scalar that backpropagates) and the target count (an int64 scalar).
     """
-    shifted_labels = labels[:, 1:]
+    shifted_labels = labels if shifted else labels[:, 1:]
     targets = shifted_labels != IGNORE_INDEX
     # Only target positions are upcast to fp32, not the whole (batch, seq, vocab) tensor.
-    target_logits = logits[:, :-1][targets].float()
+    target_logits = (logits if shifted else logits[:, :-1])[targets].float()
     loss_sum = F.cross_entropy(target_logits, shifted_labels[targets], reduction="sum")
     return loss_sum, targets.sum()
 
@@ -50,15 +54,18 @@ def step_normalized_loss(
     return loss_sum * (accumulate_grad_batches * world_size / max(step_target_tokens, 1))
 
 
-def target_positions(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def target_positions(
+    hidden: torch.Tensor, labels: torch.Tensor, shifted: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states that predict a target, and their targets: ``(N, hidden)`` and ``(N,)``.
 
-    Position ``t`` predicts ``labels[t + 1]``; positions whose next label is ``IGNORE_INDEX`` are dropped,
-    so the LM head runs on targets only (a fraction of the tokens in SFT, where prompts are masked).
+    Position ``t`` predicts ``labels[t + 1]`` (``labels[t]`` when ``shifted``); positions without a target
+    are dropped, so the LM head runs on targets only (a fraction of the tokens in SFT, where prompts are
+    masked).
     """
-    shifted = labels[:, 1:]
-    mask = shifted != IGNORE_INDEX
-    return hidden[:, :-1][mask], shifted[mask]
+    next_labels = labels if shifted else labels[:, 1:]
+    mask = next_labels != IGNORE_INDEX
+    return (hidden if shifted else hidden[:, :-1])[mask], next_labels[mask]
 
 
 def _chunk_loss(

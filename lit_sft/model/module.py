@@ -16,7 +16,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
+from lit_sft.distributed import gradient_average_size
 from lit_sft.errors import ConfigError, TrainingError
+from lit_sft.model import sequence_parallel
 from lit_sft.model.hf import (
     HiddenStatePath,
     apply_dropout,
@@ -132,6 +134,9 @@ class SFTModule(LightningModule):
         loss_chunk_size: Target positions per chunk of the chunked loss.
         skip_nonfinite_steps: How many optimizer steps with a non-finite loss or gradient norm to skip (their
             update is dropped, and they are counted) before the run stops with an error naming the step.
+        sequence_parallel_size: Split each packed sequence across this many ranks (Ulysses all-to-all
+            attention), for sequences too long for one device; needs ``data.packing`` and head counts
+            divisible by it. The ranks of a group share micro-batches.
         optimizer: The optimizer, called with the trainable parameters.
         lr_scheduler: The learning-rate scheduler, called with the optimizer (and ``total_steps`` when it
             takes that argument, as `WarmupDecayLR` does); stepped every optimizer step.
@@ -154,6 +159,7 @@ class SFTModule(LightningModule):
         loss_implementation: LossImplementation = "chunked",
         loss_chunk_size: int = 4096,
         skip_nonfinite_steps: int = 0,
+        sequence_parallel_size: int = 1,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = WarmupDecayLR,
     ) -> None:
@@ -191,6 +197,9 @@ class SFTModule(LightningModule):
         self.loss_implementation = loss_implementation
         self.loss_chunk_size = loss_chunk_size
         self.skip_nonfinite_steps = skip_nonfinite_steps
+        if sequence_parallel_size < 1:
+            raise ConfigError("model.sequence_parallel_size must be at least 1")
+        self.sequence_parallel_size = sequence_parallel_size
         self.skipped_steps = 0
         self._hidden_path: HiddenStatePath | bool | None = False  # False: not resolved yet
         self.optimizer_factory = optimizer
@@ -259,10 +268,28 @@ class SFTModule(LightningModule):
         # Lightning may call this inside inference mode (``validate`` before ``fit``); parameters made there
         # would be inference tensors that can never train.
         with torch.inference_mode(False):
-            self.model = self._prepare_model(self.build_model())
+            model = self._prepare_model(self.build_model())
+            self.model = model
+            # Checks that run the model on a probe: done now, on the whole model, before any sharding.
+            self._resolve_hidden_path()
+            datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            if getattr(datamodule, "packing", False):
+                check_packed_attention(model, self.attn_implementation)
+            strategy = self._trainer.strategy if self._trainer is not None else None
+            if hasattr(strategy, "shard"):  # FSDP2: shard after LoRA so adapters live in their layers' units
+                strategy.shard(model)
+            if self.sequence_parallel_size > 1:
+                self._sequence_attention = sequence_parallel.enable(model, self.attn_implementation or "sdpa")
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.model.parameters())
         log.info(f"model: {type(self.model).__name__}, {total:,} parameters, {trainable:,} trainable")
+
+    def build_unsharded(self, state_dict: dict[str, Any]) -> PreTrainedModel:
+        """A plain (unsharded, CPU) copy of the model holding ``state_dict`` (gathered from shards), for export."""
+        with torch.device("cpu"):
+            model = self._prepare_model(self.build_model())
+        model.load_state_dict(state_dict)
+        return model
 
     def _prepare_model(self, model: PreTrainedModel) -> PreTrainedModel:
         model.config.use_cache = False  # a KV cache is useless in training and breaks packed attention
@@ -287,11 +314,6 @@ class SFTModule(LightningModule):
             )
             model = get_peft_model(model, config)
         return model
-
-    def on_fit_start(self) -> None:
-        """With packed batches, check once that this model keeps packed rows apart (see `check_packed_attention`)."""
-        if getattr(getattr(self.trainer, "datamodule", None), "packing", False):
-            check_packed_attention(self.model, self.attn_implementation)
 
     # ------------------------------------------------------------------------------------- forward
     def forward(
@@ -324,13 +346,17 @@ class SFTModule(LightningModule):
         Override this to change the loss; return a sum (not a mean): the per-step normalisation is done by
         the caller.
         """
-        input_ids, labels = batch["input_ids"], batch["labels"]
+        shifted = self.sequence_parallel_size > 1
+        if shifted:  # this rank's slice of the sequence, labels shifted over the whole of it
+            group = sequence_parallel.sequence_parallel_group(self.sequence_parallel_size)
+            batch = sequence_parallel.shard_batch(batch, group, self.attn_implementation or "sdpa")
+        input_ids, labels = batch["input_ids"], batch["shift_labels"] if shifted else batch["labels"]
         path = self._resolve_hidden_path()
         if path is None:
             logits = self(input_ids, batch.get("attention_mask"), batch.get("position_ids"))
-            return token_loss_sum(logits, labels)
+            return token_loss_sum(logits, labels, shifted=shifted)
         hidden = path.hidden_states(input_ids, batch.get("attention_mask"), batch.get("position_ids"))
-        hidden, targets = target_positions(hidden, labels)
+        hidden, targets = target_positions(hidden, labels, shifted=shifted)
         count = torch.as_tensor(targets.shape[0], device=targets.device)
         if self.loss_implementation == "liger":
             return self._liger_loss_sum(path, hidden, targets), count
@@ -361,7 +387,10 @@ class SFTModule(LightningModule):
         loss_sum, _ = self.compute_loss_sum(batch)
         step_trained_tokens = int(batch["step_trained_tokens"])
         loss = step_normalized_loss(
-            loss_sum, step_trained_tokens, self.trainer.accumulate_grad_batches, self.trainer.world_size
+            loss_sum,
+            step_trained_tokens,
+            self.trainer.accumulate_grad_batches,
+            gradient_average_size(self.trainer),
         )
         share = loss_sum.detach() / max(step_trained_tokens, 1)
         self._step.loss = share if self._step.loss is None else self._step.loss + share
@@ -376,6 +405,8 @@ class SFTModule(LightningModule):
         grad_norm = (
             torch.nn.utils.get_total_norm([p.grad for p in parameters], norm_type=2.0) if parameters else None
         )
+        if grad_norm is not None and hasattr(grad_norm, "full_tensor"):  # sharded gradients (FSDP2)
+            grad_norm = grad_norm.full_tensor()
         step_loss = self._step.loss
         self._step.loss = None
         self._guard_nonfinite(step_loss, grad_norm, parameters)
@@ -459,14 +490,28 @@ class SFTModule(LightningModule):
             "totals": dict(self._step.totals),
             "skipped_steps": self.skipped_steps,
             "lora": asdict(self.lora) if self.lora else None,
-            "rng": _rng_states(),
+            "rng": self._all_rank_rng_states(),
         }
+
+    def _all_rank_rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's RNG states (ranks may differ: dropout masks, for one), gathered for rank 0 to save."""
+        states = _rng_states()
+        if self._trainer is None or self.trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return [states]
+        gathered: list[Any] = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(gathered, states)
+        return gathered
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("lit_sft", {})
         self._step.totals.update(state.get("totals", {}))
         self.skipped_steps = int(state.get("skipped_steps", 0))
-        self._rng_to_restore = state.get("rng")
+        states = state.get("rng")
+        if isinstance(states, dict):  # a single state
+            states = [states]
+        if states:
+            rank = self.trainer.global_rank if self._trainer is not None else 0
+            self._rng_to_restore = states[rank] if len(states) > rank else states[0]
 
     def on_train_start(self) -> None:
         # RNG states are restored here, after everything that set-up draws (model init, seeding), so that

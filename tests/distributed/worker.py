@@ -17,7 +17,9 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from lit_sft import SFTDataModule, SFTModule
+from lit_sft.callbacks import HFExport
 from lit_sft.model import LoraOptions
+from lit_sft.strategies import FSDP2Strategy
 from tests.helpers import tiny_model_config
 
 
@@ -40,6 +42,8 @@ def build(args: argparse.Namespace) -> tuple[SFTModule, SFTDataModule]:
         model_config=tiny_model_config(initializer_range=0.3),
         tokenizer_name_or_path="builtin:byte-chatml",
         lora=LoraOptions(r=4, alpha=8) if args.lora else None,
+        sequence_parallel_size=getattr(args, "sequence_parallel", 1),
+        attn_implementation=getattr(args, "attention", "sdpa"),
         lr_scheduler=None,
         optimizer=partial(torch.optim.SGD, lr=0.1),
     )
@@ -50,6 +54,11 @@ def build(args: argparse.Namespace) -> tuple[SFTModule, SFTDataModule]:
         response_key="answer",
         batch_size=args.batch_size,
         shuffle=False,
+        **(
+            {"packing": True, "max_tokens_per_batch": 1024, "max_length": 1024}
+            if getattr(args, "packing", False)
+            else {}
+        ),
     )
     return module, data
 
@@ -62,14 +71,19 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=2)
     parser.add_argument("--accumulate", type=int, default=2)
     parser.add_argument("--lora", action="store_true")
+    parser.add_argument("--export", help="also export the trained model here (gathered from the shards)")
+    parser.add_argument("--packing", action="store_true")
+    parser.add_argument("--sequence_parallel", type=int, default=1)
+    parser.add_argument("--attention", default="sdpa")
     args = parser.parse_args()
     torch.set_num_threads(1)
     module, data = build(args)
     capture = Capture()
+    strategy = FSDP2Strategy() if args.strategy == "fsdp2" else args.strategy
     trainer = Trainer(
         accelerator="cpu",
         devices=int(os.environ.get("WORLD_SIZE", "1")),
-        strategy=args.strategy,
+        strategy=strategy,
         max_steps=1,
         accumulate_grad_batches=args.accumulate,
         logger=False,
@@ -77,7 +91,7 @@ def main() -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[capture],
+        callbacks=[capture] + ([HFExport(dirpath=args.export)] if args.export else []),
     )
     trainer.fit(module, datamodule=data)
     if trainer.global_rank == 0:

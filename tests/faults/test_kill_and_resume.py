@@ -17,7 +17,13 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TOTAL_STEPS = 12  # 24 rows, 4 per step: 6 steps per epoch
 
 
-def config(root: str, every: int, callbacks: list | None = None, plugins: list | None = None) -> str:
+def config(
+    root: str,
+    every: int,
+    callbacks: list | None = None,
+    plugins: list | None = None,
+    strategy: dict | None = None,
+) -> str:
     values = {
         "seed_everything": 0,
         "trainer": {
@@ -28,11 +34,11 @@ def config(root: str, every: int, callbacks: list | None = None, plugins: list |
             "num_sanity_val_steps": 0,
             "enable_progress_bar": False,
             "default_root_dir": root,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": root, "name": "logs"}},
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "${...default_root_dir}", "name": "logs"}},
             "callbacks": [
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": f"{root}/checkpoints", "every_n_train_steps": every, "save_top_k": -1, "save_last": True},
+                    "init_args": {"dirpath": "${....default_root_dir}/checkpoints", "every_n_train_steps": every, "save_top_k": -1, "save_last": True},
                 },
                 *(callbacks or []),
             ],
@@ -55,6 +61,9 @@ def config(root: str, every: int, callbacks: list | None = None, plugins: list |
     }  # fmt: skip
     if plugins:
         values["trainer"]["plugins"] = plugins
+    if strategy:
+        values["trainer"]["strategy"] = strategy
+        values["trainer"]["devices"] = 2
     path = os.path.join(root, "config.yaml")
     os.makedirs(root, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
@@ -62,9 +71,24 @@ def config(root: str, every: int, callbacks: list | None = None, plugins: list |
     return path
 
 
-def fit(config_path: str, *extra: str) -> subprocess.CompletedProcess:
+def fit(config_path: str, *extra: str, processes: int = 1) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "lit_sft", "fit", "--config", config_path, *extra]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+    ]
+    command = [
+        *(launcher if processes > 1 else [sys.executable]),
+        "-m",
+        "lit_sft",
+        "fit",
+        "--config",
+        config_path,
+        *extra,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
 

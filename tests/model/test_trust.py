@@ -79,7 +79,9 @@ def test_the_head_sees_only_target_positions_a_chunk_at_a_time(tmp_path) -> None
     targets = int((batch["labels"][:, 1:] != -100).sum())
     assert int(count) == targets < batch["input_ids"].numel() // 2
     assert max(rows_seen) == 16
-    assert sum(rows_seen) == 2 * targets  # each chunk once forward, once recomputed backward
+    # One position per row in the model's own forward (logits_to_keep=1), then each chunk once forward and
+    # once recomputed in backward.
+    assert sum(rows_seen) == batch["input_ids"].shape[0] + 2 * targets
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Launch lit-sft fit on one or many nodes with torchrun, resuming from the last checkpoint if there is one.
+#
+#   NPROC_PER_NODE=8 NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 CHECKPOINT_DIR=/ckpt/run1 \
+#       bash scripts/run_sft.sh configs/qwen2.5-0.5b/gsm8k_full.yaml --config configs/strategies/fsdp2.yaml
+#
+# Under SLURM (one task per node, e.g. `srun --ntasks-per-node=1 bash scripts/run_sft.sh ...`), NNODES,
+# NODE_RANK and MASTER_ADDR default from SLURM_NNODES, SLURM_NODEID and the job's first node, so a
+# requeued job picks up where it stopped. Everything after the config is passed to `lit-sft fit`.
+set -euo pipefail
+PYTHON=${PYTHON:-python}   # the interpreter of the environment lit_sft is installed in
+
+CONFIG=${1:?usage: run_sft.sh CONFIG [lit-sft fit options]}
+shift
+
+if [ -z "${NPROC_PER_NODE:-}" ]; then
+    NPROC_PER_NODE=$("$PYTHON" -c "import torch; print(max(torch.cuda.device_count(), 1))")
+fi
+NNODES=${NNODES:-${SLURM_NNODES:-1}}
+NODE_RANK=${NODE_RANK:-${SLURM_NODEID:-0}}
+if [ -z "${MASTER_ADDR:-}" ]; then
+    if [ -n "${SLURM_JOB_NODELIST:-}" ]; then
+        MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+    else
+        MASTER_ADDR=127.0.0.1
+    fi
+fi
+MASTER_PORT=${MASTER_PORT:-29500}
+CHECKPOINT_DIR=${CHECKPOINT_DIR:-runs/$(basename "$CONFIG" .yaml)}
+
+RESUME=()
+if [ -e "$CHECKPOINT_DIR/checkpoints/last.ckpt" ]; then
+    RESUME=(--ckpt_path last)
+    echo "run_sft.sh: resuming from $CHECKPOINT_DIR/checkpoints/last.ckpt"
+fi
+
+ACCELERATOR=()
+if [ "$("$PYTHON" -c 'import torch; print(int(torch.cuda.is_available()))')" = "0" ]; then
+    ACCELERATOR=(--trainer.accelerator cpu)   # a CPU machine: gloo, one process per NPROC_PER_NODE
+fi
+
+exec "$PYTHON" -m torch.distributed.run \
+    --nnodes "$NNODES" --nproc_per_node "$NPROC_PER_NODE" --node_rank "$NODE_RANK" \
+    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
+    -m lit_sft fit --config "$CONFIG" "$@" \
+    --trainer.num_nodes "$NNODES" --trainer.devices "$NPROC_PER_NODE" \
+    --trainer.default_root_dir "$CHECKPOINT_DIR" "${ACCELERATOR[@]}" "${RESUME[@]}"

@@ -1,0 +1,88 @@
+"""Strategy presets build, and scripts/run_sft.sh launches (and resumes) a multi-process run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from jsonargparse import ArgumentParser
+from lightning.pytorch.strategies import Strategy
+
+from lit_sft.strategies import FSDP2Strategy, FSDPStrategyPreset, _by_name_policy, decoder_layer_names
+from tests.helpers import tiny_model_config
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+PRESETS = os.path.join(ROOT, "configs", "strategies")
+
+
+@pytest.mark.parametrize("name", ["ddp.yaml", "fsdp.yaml", "fsdp2.yaml"])
+def test_every_strategy_preset_parses_and_builds(name: str) -> None:
+    with open(os.path.join(PRESETS, name), encoding="utf-8") as handle:
+        strategy = yaml.safe_load(handle)["trainer"]["strategy"]
+    parser = ArgumentParser()
+    parser.add_argument("--strategy", type=Strategy | str)
+    built = parser.instantiate_classes(parser.parse_object({"strategy": strategy})).strategy
+    if name == "ddp.yaml":
+        assert built == "ddp"
+    elif name == "fsdp.yaml":
+        assert isinstance(built, FSDPStrategyPreset) and built.kwargs["use_orig_params"] is True
+        assert (
+            built.mixed_precision.param_dtype == torch.bfloat16
+            and built.mixed_precision.reduce_dtype == torch.float32
+        )
+    else:
+        assert (
+            isinstance(built, FSDP2Strategy)
+            and built.param_dtype == "bfloat16"
+            and built._tensor_parallel_size == 1
+        )
+
+
+def test_presets_find_the_decoder_layers_of_the_model() -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    values = tiny_model_config()
+    model = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(values.pop("model_type"), vocab_size=64, **values)
+    )
+    assert decoder_layer_names(model) == {"Qwen2DecoderLayer"}
+    preset = FSDPStrategyPreset()
+    preset._layer_names = decoder_layer_names(model)
+    wrapped = [
+        type(m).__name__
+        for m in model.modules()
+        if _by_name_policy(preset, m, recurse=False, nonwrapped_numel=0)
+    ]
+    assert wrapped == ["Qwen2DecoderLayer", "Qwen2DecoderLayer"]
+    with pytest.raises(Exception, match="no decoder layer class to shard"):
+        decoder_layer_names(model, ["NotALayer"])
+
+
+@pytest.mark.slow
+def test_run_sft_sh_launches_two_processes_and_resumes(tmp_path) -> None:
+    from tests.faults.test_kill_and_resume import config
+
+    path = config(str(tmp_path / "cfg"), 2, strategy={"class_path": "lit_sft.strategies.FSDP2Strategy"})
+    env = {
+        **os.environ,
+        "NPROC_PER_NODE": "2",
+        "NNODES": "1",
+        "MASTER_PORT": "29533",
+        "CHECKPOINT_DIR": str(tmp_path / "ckpt"),
+        "PYTHONPATH": ROOT,
+        "OMP_NUM_THREADS": "1",
+        "PYTHON": sys.executable,
+    }
+    command = ["bash", os.path.join(ROOT, "scripts", "run_sft.sh"), path, "--trainer.max_steps", "2"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (tmp_path / "ckpt" / "checkpoints" / "last.ckpt").exists()  # CHECKPOINT_DIR moved the outputs
+    command[-1] = "4"
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "run_sft.sh: resuming from" in second.stdout
+    assert "Restoring states from the checkpoint path" in second.stdout + second.stderr
