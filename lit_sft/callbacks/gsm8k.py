@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -119,7 +120,8 @@ class GSM8KEvaluation(Callback):
         indices = shard(len(self.eval_set), trainer.world_size, trainer.global_rank)
         was_training = pl_module.training
         pl_module.eval()
-        with torch.no_grad(), trainer.strategy.precision_plugin.forward_context():
+        generation_context = getattr(pl_module, "generation_context", contextlib.nullcontext)
+        with torch.no_grad(), trainer.strategy.precision_plugin.forward_context(), generation_context():
             records = evaluate_items(
                 pl_module.model,
                 pl_module.tokenizer,

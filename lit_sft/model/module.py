@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -361,6 +362,12 @@ class SFTModule(LightningModule):
         if self.loss_implementation == "liger":
             return self._liger_loss_sum(path, hidden, targets), count
         return chunked_cross_entropy_sum(hidden, targets, path.logits, self.loss_chunk_size), count
+
+    def generation_context(self) -> Any:
+        """A context for generating with ``self.model`` (undoes the sequence split of training attention)."""
+        if self.sequence_parallel_size > 1:
+            return sequence_parallel.plain_attention(self.model, self.attn_implementation or "sdpa")
+        return contextlib.nullcontext()
 
     def _liger_loss_sum(
         self, path: HiddenStatePath, hidden: torch.Tensor, targets: torch.Tensor

@@ -14,6 +14,8 @@ It works with transformers' ``sdpa``, ``eager`` and ``flash_attention_2`` kernel
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,3 +193,14 @@ def shard_batch(batch: dict[str, Any], group: Any, inner: str) -> dict[str, Any]
         "shift_labels": shift_labels[:, piece],
         "attention_mask": None,
     }
+
+
+@contextmanager
+def plain_attention(model: torch.nn.Module, inner: str) -> Iterator[None]:
+    """Attention without the sequence split, for generation (each rank decodes its own prompts)."""
+    current = model.config._attn_implementation
+    model.set_attn_implementation(inner)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(current)

@@ -88,7 +88,11 @@ def test_sequence_parallel_equals_the_unsplit_sequence(tmp_path, strategy: str, 
     """Ulysses: one packed sequence of 8 rows split across 2 ranks (all-to-all attention) gives the loss and
     gradients of the whole sequence on one process."""
     write_jsonl(str(tmp_path / "train.jsonl"), arithmetic_rows(8))
-    options = ("--packing", "--sequence_parallel", "2", "--attention", attention)
+    records = tmp_path / "gsm8k"
+    options = ("--packing", "--sequence_parallel", "2", "--attention", attention, "--gsm8k", str(records))
     split = run_distributed(tmp_path, strategy, False, batch_size=8, accumulate=1, extra=options)
     whole = run_single(tmp_path, False, packing=True, attention=attention)
     assert_same_step(split, whole)
+    # Generation switches back to unsplit attention: each rank decodes its own share of the questions.
+    [path] = records.glob("step-*.jsonl")
+    assert len(path.read_text().splitlines()) == 8

@@ -17,7 +17,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from lit_sft import SFTDataModule, SFTModule
-from lit_sft.callbacks import HFExport
+from lit_sft.callbacks import GSM8KEvaluation, HFExport
 from lit_sft.model import LoraOptions
 from lit_sft.strategies import FSDP2Strategy
 from tests.helpers import tiny_model_config
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--packing", action="store_true")
     parser.add_argument("--sequence_parallel", type=int, default=1)
     parser.add_argument("--attention", default="sdpa")
+    parser.add_argument("--gsm8k", help="also evaluate GSM8K-style accuracy at the end, writing records here")
     args = parser.parse_args()
     torch.set_num_threads(1)
     module, data = build(args)
@@ -91,7 +92,21 @@ def main() -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[capture] + ([HFExport(dirpath=args.export)] if args.export else []),
+        callbacks=[capture]
+        + ([HFExport(dirpath=args.export)] if args.export else [])
+        + (
+            [
+                GSM8KEvaluation(
+                    data_files=args.data,
+                    prompt_key="question",
+                    answer_key="answer",
+                    max_new_tokens=4,
+                    output_dir=args.gsm8k,
+                )
+            ]
+            if args.gsm8k
+            else []
+        ),
     )
     trainer.fit(module, datamodule=data)
     if trainer.global_rank == 0:
