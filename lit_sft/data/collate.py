@@ -65,3 +65,19 @@ class PackedCollator:
             "labels": torch.cat(row_labels)[None],
             "position_ids": positions[None],
         }
+
+
+def add_targets(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add ``target_index`` (flat positions into ``(batch * seq)`` that predict a trained token) and
+    ``target_ids`` (those tokens), computed here, on the host.
+
+    The loss gathers the hidden states at these positions with ``index_select``; selecting them with a
+    boolean mask on the GPU instead would make the host wait for the device to count them, every step.
+    """
+    labels = batch["labels"]
+    following = torch.full_like(labels, IGNORE_INDEX)
+    following[:, :-1] = labels[:, 1:]  # position t predicts labels[t + 1]
+    flat = following.reshape(-1)
+    batch["target_index"] = torch.nonzero(flat != IGNORE_INDEX).flatten()
+    batch["target_ids"] = flat[batch["target_index"]]
+    return batch

@@ -9,7 +9,7 @@ import datasets
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lit_sft.data.collate import PackedCollator, PaddingCollator
+from lit_sft.data.collate import PackedCollator, PaddingCollator, add_targets
 from lit_sft.data.sampler import MicroBatch, MicroBatchSampler
 from lit_sft.data.tokenize import IGNORE_INDEX
 
@@ -33,6 +33,7 @@ class MicroBatchDataset(Dataset):
         batch = self.collator(rows["input_ids"], rows["labels"])
         if micro_batch.weight == 0:
             batch["labels"].fill_(IGNORE_INDEX)
+        add_targets(batch)
         # Plain ints: Lightning moves only tensors to the device, so reading them never syncs.
         batch["step_trained_tokens"] = micro_batch.step_trained_tokens
         batch["step_tokens"] = micro_batch.step_tokens

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -352,12 +353,21 @@ class SFTModule(LightningModule):
             group = sequence_parallel.sequence_parallel_group(self.sequence_parallel_size)
             batch = sequence_parallel.shard_batch(batch, group, self.attn_implementation or "sdpa")
         input_ids, labels = batch["input_ids"], batch["shift_labels"] if shifted else batch["labels"]
+        indexed = "target_index" in batch and not shifted  # positions chosen on the host: no device sync
         path = self._resolve_hidden_path()
         if path is None:
             logits = self(input_ids, batch.get("attention_mask"), batch.get("position_ids"))
-            return token_loss_sum(logits, labels, shifted=shifted)
+            if not indexed:
+                return token_loss_sum(logits, labels, shifted=shifted)
+            selected = logits.reshape(-1, logits.shape[-1]).index_select(0, batch["target_index"]).float()
+            loss_sum = F.cross_entropy(selected, batch["target_ids"], reduction="sum")
+            return loss_sum, torch.as_tensor(batch["target_ids"].shape[0], device=loss_sum.device)
         hidden = path.hidden_states(input_ids, batch.get("attention_mask"), batch.get("position_ids"))
-        hidden, targets = target_positions(hidden, labels, shifted=shifted)
+        if indexed:
+            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["target_index"])
+            targets = batch["target_ids"]
+        else:
+            hidden, targets = target_positions(hidden, labels, shifted=shifted)
         count = torch.as_tensor(targets.shape[0], device=targets.device)
         if self.loss_implementation == "liger":
             return self._liger_loss_sum(path, hidden, targets), count

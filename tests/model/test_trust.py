@@ -217,3 +217,21 @@ def test_early_stopping_on_val_loss_stops_the_run(tmp_path) -> None:
     assert trainer.should_stop and stopper.stopped_epoch >= 0
     # 3 steps per epoch, checked at each epoch end: epoch 0 sets the best, two more without improvement stop.
     assert trainer.global_step == 9 and stopper.wait_count == 2
+
+
+@pytest.mark.parametrize("loss_implementation", ["chunked", "plain"])
+@pytest.mark.parametrize("packing", [False, True])
+def test_host_chosen_target_positions_give_the_masked_loss(
+    tmp_path, loss_implementation: str, packing: bool
+) -> None:
+    """Batches carry target positions picked on the host (no device sync); the loss equals boolean masking."""
+    options = (
+        {"packing": True, "max_tokens_per_batch": 512, "max_length": 128} if packing else {"batch_size": 4}
+    )
+    batch = next(iter(data(tmp_path, **options).train_dataloader()))
+    assert {"target_index", "target_ids"} <= set(batch)
+    sft = module(loss_implementation=loss_implementation)
+    indexed = sft.compute_loss_sum(batch)
+    masked = sft.compute_loss_sum({k: v for k, v in batch.items() if k not in ("target_index", "target_ids")})
+    torch.testing.assert_close(indexed[0], masked[0], rtol=1e-6, atol=1e-5)
+    assert int(indexed[1]) == int(masked[1]) == batch["target_ids"].numel()

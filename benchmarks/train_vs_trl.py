@@ -1,0 +1,337 @@
+"""Training throughput against TRL's SFTTrainer: the same model, rows, batch, optimizer and precision.
+
+Each configuration trains in its own process (so that its peak memory is its own), configurations
+alternate, and every run reports trained tokens/s (completion tokens the loss is taken on), real tokens/s
+(no padding), median step time, peak memory (CPU RSS, or CUDA max allocated) and the loss at the last step.
+
+CPU configuration (the default): a Qwen2-style model (hidden 256, 4 layers) initialised once and saved,
+GSM8K train rows with a BPE tokenizer built here (Qwen2.5's ChatML template), max_length 512, 8 rows per
+optimizer step (lit_sft packs them: about as many tokens per step), fused AdamW lr 1e-4 constant, fp32 (both
+tools).
+
+    pip install -e ".[bench]"
+    python benchmarks/train_vs_trl.py --steps 30 --repeats 2 --out docs/benchmarks/train_vs_trl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from common import GSM8K, build_bpe_tokenizer, machine, read_jsonl
+
+TRAIN = os.path.join(GSM8K, "train.jsonl")
+MODEL = {
+    "hidden_size": 256,
+    "intermediate_size": 704,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": False,
+}
+ROWS_PER_STEP = 8
+MAX_LENGTH = 512
+LR = 1e-4
+
+CONFIGS = {
+    "lit_sft, packed (512-token sequences)": ("lit_sft", {"packing": True}),
+    "lit_sft, length-grouped padded": ("lit_sft", {"length_grouped": True}),
+    "TRL SFTTrainer, default (padded)": ("trl", {}),
+    "TRL SFTTrainer, group_by_length": ("trl", {"group_by_length": True}),
+    "TRL SFTTrainer, packing (BFD, padding-free)": ("trl", {"packing": True}),
+}
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def prepare(work: str) -> tuple[str, str]:
+    """A tokenizer and a randomly initialised model, saved once and loaded by every run."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    rows = read_jsonl(TRAIN)
+    tokenizer_dir, model_dir = os.path.join(work, "tokenizer"), os.path.join(work, "model")
+    tokenizer = build_bpe_tokenizer(
+        [r["question"] + "\n" + r["answer"] for r in rows], directory=tokenizer_dir
+    )
+    config = AutoConfig.for_model(
+        "qwen2",
+        vocab_size=len(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **MODEL,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return model_dir, tokenizer_dir
+
+
+def run_lit_sft(model_dir: str, options: dict, steps: int, warmup: int) -> dict:
+    from functools import partial
+
+    from lightning.pytorch import Callback, Trainer, seed_everything
+
+    from lit_sft import SFTDataModule, SFTModule, WarmupDecayLR
+
+    class Timer(Callback):
+        def __init__(self) -> None:
+            self.step_start, self.seconds, self.trained, self.tokens, self.loss = 0.0, [], 0, 0, None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if batch_idx % trainer.accumulate_grad_batches == 0:
+                self.step_start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step > warmup:
+                self.trained += int((batch["labels"][:, 1:] != -100).sum())
+                mask = batch.get("attention_mask")
+                self.tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+            if (batch_idx + 1) % trainer.accumulate_grad_batches == 0 and trainer.global_step > warmup:
+                self.seconds.append(time.perf_counter() - self.step_start)
+            self.loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
+
+    seed_everything(0)
+    module = SFTModule(
+        model_name_or_path=model_dir,
+        optimizer=partial(torch.optim.AdamW, lr=LR, weight_decay=0.0, fused=True),
+        lr_scheduler=partial(WarmupDecayLR, schedule="constant"),
+    )
+    data_options: dict = {"max_length": MAX_LENGTH, "truncation": "right", "shuffle": True}
+    accumulate = 1
+    if options.get("packing"):
+        # 8 GSM8K rows are ~1,600 tokens: three 512-token packs per step carry about as many.
+        data_options.update(packing=True, max_tokens_per_batch=MAX_LENGTH)
+        accumulate = 3
+    elif options.get("length_grouped"):
+        data_options.update(max_tokens_per_batch=ROWS_PER_STEP * 200)
+    else:
+        data_options.update(batch_size=ROWS_PER_STEP)
+    data = SFTDataModule(
+        train_files=TRAIN,
+        tokenizer_name_or_path=model_dir,
+        prompt_key="question",
+        response_key="answer",
+        **data_options,
+    )
+    timer = Timer()
+    trainer = Trainer(
+        accelerator="auto",
+        devices=1,
+        max_steps=steps + warmup,
+        accumulate_grad_batches=accumulate,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(module, datamodule=data)
+    seconds = sum(timer.seconds)
+    return {
+        "trained_tokens_per_second": timer.trained / seconds,
+        "tokens_per_second": timer.tokens / seconds,
+        "step_seconds": statistics.median(timer.seconds),
+        "loss": timer.loss,
+    }
+
+
+def run_trl(model_dir: str, options: dict, steps: int, warmup: int) -> dict:
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    raw = datasets.load_dataset("json", data_files=TRAIN, split="train")
+    dataset = raw.map(
+        lambda row: {
+            "prompt": [{"role": "user", "content": row["question"]}],
+            "completion": [{"role": "assistant", "content": row["answer"]}],
+        },
+        remove_columns=raw.column_names,
+    )
+    counts = {"trained": 0, "tokens": 0}
+
+    def count(module, args, kwargs):
+        if counts.get("active"):
+            labels = kwargs["labels"]
+            counts["trained"] += int((labels[:, 1:] != -100).sum())
+            mask = kwargs.get("attention_mask")
+            counts["tokens"] += int(mask.sum()) if mask is not None else kwargs["input_ids"].numel()
+
+    model.register_forward_pre_hook(count, with_kwargs=True)
+
+    class Timer(TrainerCallback):
+        def __init__(self) -> None:
+            self.start, self.seconds, self.loss = 0.0, [], None
+
+        def on_step_begin(self, args, state, control, **kwargs) -> None:
+            counts["active"] = state.global_step >= warmup
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs) -> None:
+            if state.global_step > warmup:
+                self.seconds.append(time.perf_counter() - self.start)
+
+        def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+            if logs and "loss" in logs:
+                self.loss = logs["loss"]
+
+    packing = bool(options.get("packing"))
+    config = SFTConfig(
+        output_dir=tempfile.mkdtemp(),
+        max_steps=steps + warmup,
+        per_device_train_batch_size=3 if packing else ROWS_PER_STEP,  # 3 packs of 512 ~ 8 rows
+        max_length=MAX_LENGTH,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        optim="adamw_torch_fused",  # the same fused AdamW as lit_sft's runs
+        completion_only_loss=True,
+        packing=packing,
+        train_sampling_strategy="group_by_length" if options.get("group_by_length") else "random",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    timer = Timer()
+    trainer = SFTTrainer(
+        model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[timer]
+    )
+    trainer.train()
+    seconds = sum(timer.seconds)
+    return {
+        "trained_tokens_per_second": counts["trained"] / seconds,
+        "tokens_per_second": counts["tokens"] / seconds,
+        "step_seconds": statistics.median(timer.seconds),
+        "loss": timer.loss,
+    }
+
+
+def single(args: argparse.Namespace) -> None:
+    tool, options = CONFIGS[args.single]
+    torch.set_num_threads(os.cpu_count() or 1)
+    runner = run_lit_sft if tool == "lit_sft" else run_trl
+    result = runner(args.model_dir, options, args.steps, args.warmup)
+    result["peak_memory_mb"] = peak_memory_mb()
+    print("RESULT " + json.dumps(result))
+
+
+def plot(results: dict[str, list[dict]], names: list[str], path: str, machine_name: str) -> None:
+    """A bar chart of trained tokens/s per configuration (lit_sft in blue)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 3.6))
+    values = [statistics.median(run["trained_tokens_per_second"] for run in results[name]) for name in names]
+    colors = ["tab:blue" if name.startswith("lit_sft") else "tab:gray" for name in names]
+    axis.barh(names, values, color=colors)
+    axis.invert_yaxis()
+    axis.set_xlabel("trained (completion) tokens per second")
+    axis.set_title(f"SFT throughput on GSM8K (higher is better)\n{machine_name}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", help="write OUT.md and OUT.png")
+    parser.add_argument("--only", nargs="*", help="configuration names to run (default: all)")
+    parser.add_argument("--replot", help="redraw OUT.png from OUT.json and exit")
+    parser.add_argument("--single", help=argparse.SUPPRESS)
+    parser.add_argument("--model_dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.single:
+        single(args)
+        return
+    if args.replot:
+        with open(args.replot + ".json", encoding="utf-8") as handle:
+            saved = json.load(handle)
+        plot(saved["results"], list(saved["results"]), args.replot + ".png", saved["machine"])
+        return
+
+    work = tempfile.mkdtemp(prefix="lit_sft_trl_")
+    model_dir, _ = prepare(work)
+    names = args.only or list(CONFIGS)
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    for _ in range(args.repeats):
+        for name in names:  # alternate configurations, one process each
+            command = [
+                sys.executable,
+                __file__,
+                "--single",
+                name,
+                "--model_dir",
+                model_dir,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+            ]
+            done = subprocess.run(command, capture_output=True, text=True, cwd=os.path.dirname(__file__))
+            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+            if done.returncode or not lines:
+                raise SystemExit(f"{name} failed:\n{done.stderr[-4000:]}")
+            results[name].append(json.loads(lines[-1][len("RESULT ") :]))
+            print(name, results[name][-1], flush=True)
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(run[key] for run in results[name])
+
+    trl_default = next((n for n in names if n.startswith("TRL") and "default" in n), None)
+    lines = [
+        "GSM8K train, Qwen2-style model (hidden 256, 4 layers, BPE vocabulary 8,192, 7.4M parameters), "
+        f"max_length {MAX_LENGTH}, {ROWS_PER_STEP} rows per step, fused AdamW {LR} constant, fp32; {machine()}; "
+        f"{args.steps} steps after {args.warmup} warm-up steps, median of {args.repeats} alternating runs, one process per run.",
+        "",
+        "| configuration | trained tokens/s | real tokens/s | step time | peak memory | loss at last step | trained tokens/s vs TRL default |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in names:
+        ratio = (
+            median(name, "trained_tokens_per_second") / median(trl_default, "trained_tokens_per_second")
+            if trl_default
+            else float("nan")
+        )
+        lines.append(
+            f"| {name} | {median(name, 'trained_tokens_per_second'):,.0f} | {median(name, 'tokens_per_second'):,.0f} | "
+            f"{median(name, 'step_seconds') * 1000:.0f} ms | {median(name, 'peak_memory_mb'):,.0f} MB | "
+            f"{median(name, 'loss'):.3f} | {ratio:.2f}x |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out + ".md", "w", encoding="utf-8") as handle:
+            handle.write(table + "\n")
+        with open(args.out + ".json", "w", encoding="utf-8") as handle:
+            json.dump({"machine": machine(), "results": results}, handle, indent=2)
+        plot(results, names, args.out + ".png", machine())
+
+
+if __name__ == "__main__":
+    main()
