@@ -108,6 +108,21 @@ COMMANDS = {
 }
 
 
+def close_process_group() -> None:
+    """Leave the process group together before the interpreter exits.
+
+    Lightning leaves the default process group alive after ``fit``. Under torchrun, a rank that reaches
+    interpreter shutdown first closes its gloo/NCCL sockets while its peer's transport threads still
+    read them, and the peer aborts (SIGABRT, exit code -6) although training finished. A barrier and an
+    explicit ``destroy_process_group`` make every rank shut down its transport before any rank exits.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def entry_point(argv: list[str] | None = None) -> None:
     """The ``lit-sft`` console script: ``fit``/``validate`` (LightningCLI), ``evaluate``, ``generate``."""
     words = sys.argv[1:] if argv is None else argv
@@ -119,6 +134,7 @@ def entry_point(argv: list[str] | None = None) -> None:
             importlib.import_module(COMMANDS[words[0]]).main(words[0], words[1:])
         else:
             main(argv)
+            close_process_group()
     except Preempted as stopped:
         print(f"lit-sft: stopped: {stopped}", file=sys.stderr)
         sys.exit(128 + int(stopped.signum))

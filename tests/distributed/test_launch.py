@@ -86,3 +86,16 @@ def test_run_sft_sh_launches_two_processes_and_resumes(tmp_path) -> None:
     assert second.returncode == 0, second.stderr[-3000:]
     assert "run_sft.sh: resuming from" in second.stdout
     assert "Restoring states from the checkpoint path" in second.stdout + second.stderr
+
+
+def test_the_entry_point_leaves_the_process_group_before_exiting(tmp_path) -> None:
+    # A live group at interpreter exit lets one rank's transport threads abort on its peer's closed socket.
+    from lit_sft.cli import close_process_group
+
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    assert torch.distributed.is_initialized()
+    close_process_group()
+    assert not torch.distributed.is_initialized()
+    close_process_group()  # nothing to leave: a no-op
