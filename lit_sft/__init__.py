@@ -1,16 +1,20 @@
-"""lit_sft: supervised fine-tuning of Hugging Face causal LMs on PyTorch Lightning."""
+"""lit_sft: supervised fine-tuning of Hugging Face causal LMs (and vision-language models) on PyTorch Lightning."""
 
 __version__ = "0.1.0"
 
 from lit_sft.data import SFTDataModule
 from lit_sft.data.synthetic import SyntheticGSM8KDataModule
+from lit_sft.data.vision import VisionSFTDataModule
 from lit_sft.model import LoraOptions, SFTModule, WarmupDecayLR
+from lit_sft.model.vision import VisionSFTModule
 
 __all__ = [
     "LoraOptions",
     "SFTDataModule",
     "SFTModule",
     "SyntheticGSM8KDataModule",
+    "VisionSFTDataModule",
+    "VisionSFTModule",
     "WarmupDecayLR",
     "__version__",
 ]

@@ -39,11 +39,9 @@ def load_for_inference(
     if torch_dtype is None:
         raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16; got {dtype!r}")
     if model.endswith(".ckpt"):
-        from lit_sft.model import SFTModule
+        from lit_sft.model.module import load_module
 
-        if not os.path.isfile(model):
-            raise ConfigError(f"no checkpoint at {model}")
-        module = SFTModule.load_from_checkpoint(model, map_location="cpu")
+        module = load_module(model)
         network = module.model
         tokenizer = load_tokenizer(
             module.tokenizer_name_or_path, chat_template or module.chat_template, trust_remote_code

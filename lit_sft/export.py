@@ -37,14 +37,24 @@ def _generation_config(model: Any, tokenizer: Any) -> Any:
 
 
 def _finish(directory: str, model: Any, tokenizer: Any) -> None:
-    """Tokenizer, generation config, and ``use_cache`` back on for inference."""
-    tokenizer.save_pretrained(directory)
+    """Tokenizer (or a vision model's processor), generation config, and ``use_cache`` back on for inference."""
+    from transformers.processing_utils import ProcessorMixin
+
+    from lit_sft.processor import save_processor
+
+    if isinstance(tokenizer, ProcessorMixin):
+        save_processor(tokenizer, directory)
+        tokenizer = tokenizer.tokenizer
+    else:
+        tokenizer.save_pretrained(directory)
     _generation_config(model, tokenizer).save_pretrained(directory)
     config_path = os.path.join(directory, "config.json")
     if os.path.isfile(config_path):
         with open(config_path, encoding="utf-8") as handle:
             config = json.load(handle)
         config["use_cache"] = True  # training turns the KV cache off; inference wants it
+        if isinstance(config.get("text_config"), dict):  # vision-language models keep it here
+            config["text_config"]["use_cache"] = True
         with open(config_path, "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2, sort_keys=True)
 
@@ -69,7 +79,7 @@ def export_hf(
 
     Args:
         model: The trained model.
-        tokenizer: Its tokenizer.
+        tokenizer: Its tokenizer, or its processor (vision-language models).
         out: The output directory (replaced if it exists).
         lora: For a peft model: ``merged`` (a full model with the adapters folded in), ``adapter`` (a peft
             adapter directory), or ``both`` (``out`` merged, ``out/adapter`` the adapter).
@@ -130,14 +140,12 @@ def export_checkpoint(
         lora: For LoRA runs: ``merged``, ``adapter`` or ``both``.
         dtype: ``auto`` (the training dtype), ``float32``, ``bfloat16`` or ``float16``.
     """
-    from lit_sft.model import SFTModule
+    from lit_sft.model.module import load_module
 
-    if not os.path.isfile(ckpt):
-        raise ConfigError(f"no checkpoint at {ckpt}")
-    module = SFTModule.load_from_checkpoint(ckpt, map_location="cpu")
+    module = load_module(ckpt)
     written = export_hf(
         module.model,
-        module.tokenizer,
+        getattr(module, "processor", None) or module.tokenizer,
         out,
         lora=lora,
         dtype=dtype,

@@ -53,6 +53,33 @@ def _monitored_val_metrics(trainer: Any) -> list[str]:
     ]
 
 
+def _vision_pairing(model: Any, datamodule: Any) -> list[str]:
+    """Image data needs an image model and the other way round; both must encode images alike."""
+    from lit_sft.data.vision import VisionSFTDataModule
+    from lit_sft.model.vision import VisionSFTModule
+
+    vision_model, vision_data = (
+        isinstance(model, VisionSFTModule),
+        isinstance(datamodule, VisionSFTDataModule),
+    )
+    if vision_model and not vision_data:
+        return [
+            f"model {type(model).__name__} trains on images: set data.class_path to lit_sft.VisionSFTDataModule "
+            f"(got {type(datamodule).__name__})"
+        ]
+    if vision_data and not vision_model:
+        return [
+            f"data {type(datamodule).__name__} yields images that {type(model).__name__} cannot read: set "
+            "model.class_path to lit_sft.VisionSFTModule"
+        ]
+    if vision_model and model.processor_kwargs and model.processor_kwargs != datamodule.processor_kwargs:
+        return [
+            f"model.processor_kwargs {model.processor_kwargs} differ from data.processor_kwargs "
+            f"{datamodule.processor_kwargs} (set them on the data module only)"
+        ]
+    return []
+
+
 def preflight(trainer: Any, model: Any, datamodule: Any) -> None:
     """Check the run's configuration before any heavy work.
 
@@ -70,6 +97,7 @@ def preflight(trainer: Any, model: Any, datamodule: Any) -> None:
             problems.append(f"{name}: cannot write to {directory} ({reason})")
 
     problems += datamodule.preflight_problems() if hasattr(datamodule, "preflight_problems") else []
+    problems += _vision_pairing(model, datamodule)
 
     on_gpu = trainer.accelerator.__class__.__name__ == "CUDAAccelerator" and torch.cuda.is_available()
     attention = getattr(model, "attn_implementation", None)

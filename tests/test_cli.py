@@ -120,3 +120,29 @@ def test_unknown_config_keys_fail_at_parse_time_naming_the_key(capsys) -> None:
         main(["fit", "--config", QUICKSTART, "--data.init_args.batch_sise", "4"])
     assert exit_info.value.code != 0
     assert "batch_sise" in capsys.readouterr().err
+
+
+def test_a_model_given_by_path_fits_with_its_hyperparameters_logged(tiny_model_dir, tmp_path) -> None:
+    # The data module's tokenizer is linked from model_name_or_path; both record the same path, or
+    # Lightning refuses to log their merged hyperparameters.
+    train = write_jsonl(
+        str(tmp_path / "train.jsonl"), [{"prompt": f"Q{i}", "response": "A"} for i in range(4)]
+    )
+    cli = main(
+        [
+            "fit",
+            "--model", "lit_sft.SFTModule",
+            "--model.model_name_or_path", tiny_model_dir,
+            "--data", "lit_sft.SFTDataModule",
+            "--data.train_files", train,
+            "--data.cache_dir", str(tmp_path / "cache"),
+            "--trainer.max_steps", "1",
+            "--trainer.enable_progress_bar", "false",
+            "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        ]
+    )  # fmt: skip
+    assert cli.trainer.global_step == 1
+    [hparams] = glob.glob(str(tmp_path / "runs" / "**" / "hparams.yaml"), recursive=True)
+    with open(hparams, encoding="utf-8") as handle:
+        assert f"model_name_or_path: {tiny_model_dir}" in handle.read()

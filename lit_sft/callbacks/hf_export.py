@@ -58,7 +58,7 @@ class HFExport(Callback):
         directory = os.path.join(self.dirpath or os.path.join(trainer.default_root_dir, "hf"), name)
         self.exported += export_hf(
             model,
-            pl_module.tokenizer,
+            getattr(pl_module, "processor", None) or pl_module.tokenizer,
             directory,
             lora=self.lora,
             dtype=self.dtype,

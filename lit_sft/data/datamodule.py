@@ -33,6 +33,10 @@ from lit_sft.tokenizer import load_tokenizer
 log = logging.getLogger("lit_sft")
 
 
+#: Data module options that the model owns and the CLI links in; left out of the data module's hparams.
+MODEL_OWNED = ("tokenizer_name_or_path", "chat_template", "trust_remote_code")
+
+
 class SFTDataModule(LightningDataModule):
     """Supervised fine-tuning data: prompt/response or multi-turn chat rows, masked so that only assistant
     tokens are trained.
@@ -123,7 +127,9 @@ class SFTDataModule(LightningDataModule):
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # The tokenizer settings belong to the model (the CLI links them here, resolved): Lightning stops a
+        # run whose model and data module log the same key with different values (None vs the model path).
+        self.save_hyperparameters(ignore=list(MODEL_OWNED))
         if not 0.0 <= val_ratio < 1.0:
             raise ConfigError(f"data.val_ratio must be in [0, 1), got {val_ratio}")
         if batch_size < 1:

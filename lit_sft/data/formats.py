@@ -42,6 +42,7 @@ class FormatOptions:
         tools_key: Column of the tool schemas (a list, or a JSON string of one); optional.
         assistant_turns: Train ``all`` assistant turns of a ``messages`` row, or the ``last`` only.
         system_prompt: A system message prepended to conversations that have none.
+        multimodal: Accept content given as a list of text and image parts.
     """
 
     format: RowFormat = "auto"
@@ -51,6 +52,7 @@ class FormatOptions:
     tools_key: str = "tools"
     assistant_turns: AssistantTurns = "all"
     system_prompt: str | None = None
+    multimodal: bool = False
 
 
 @dataclass
@@ -106,13 +108,40 @@ def required_columns(fmt: Literal["prompt_response", "messages"], options: Forma
     return [key.split(".")[0] for key in keys]
 
 
-def _check_content(message: Mapping[str, Any], where: str) -> None:
+def _check_parts(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    """Content parts of a multimodal message: ``{"type": "text", "text"}`` and ``{"type": "image"[, "image"]}``."""
+    parts = []
+    if not message["content"]:
+        raise InvalidRow(f"{where}.content", "content is an empty list", kind="invalid_content")
+    for index, part in enumerate(message["content"]):
+        at = f"{where}.content[{index}]"
+        if not isinstance(part, Mapping) or part.get("type") not in ("text", "image"):
+            raise InvalidRow(
+                at, "a content part must be {type: text, text} or {type: image}", "invalid_content"
+            )
+        part = {key: value for key, value in part.items() if value is not None}
+        if part["type"] == "text" and (not isinstance(part.get("text"), str) or not part["text"].strip()):
+            raise InvalidRow(f"{at}.text", "a text part needs non-empty text", kind="invalid_content")
+        if part["type"] == "image" and message["role"] != "user":
+            raise InvalidRow(
+                at,
+                f"images are supported in user messages, not in {message['role']} messages",
+                "invalid_content",
+            )
+        parts.append(part)
+    return parts
+
+
+def _check_content(message: Mapping[str, Any], where: str, multimodal: bool = False) -> None:
     content = message.get("content")
     has_tool_calls = bool(message.get("tool_calls"))
     if content is None:
         if message["role"] == "assistant" and has_tool_calls:
             return
         raise InvalidRow(f"{where}.content", "content is null", kind="invalid_content")
+    if multimodal and isinstance(content, Sequence) and not isinstance(content, str):
+        message["content"] = _check_parts(message, where)  # type: ignore[index]
+        return
     if not isinstance(content, str):
         raise InvalidRow(
             f"{where}.content",
@@ -152,7 +181,7 @@ def _normalize_tool_calls(calls: Any, where: str) -> list[dict[str, Any]]:
     return normalized
 
 
-def normalize_messages(value: Any, field_name: str) -> list[dict[str, Any]]:
+def normalize_messages(value: Any, field_name: str, multimodal: bool = False) -> list[dict[str, Any]]:
     """Validate a list of chat messages and return clean copies (None-valued keys removed).
 
     Raises:
@@ -183,7 +212,7 @@ def normalize_messages(value: Any, field_name: str) -> list[dict[str, Any]]:
                 f"unknown role {role!r} (expected one of {sorted(KNOWN_ROLES)})",
                 "unknown_role",
             )
-        _check_content(message, where)
+        _check_content(message, where, multimodal)
         if "tool_calls" in message:
             message["tool_calls"] = _normalize_tool_calls(message["tool_calls"], where)
         messages.append(message)
@@ -207,7 +236,9 @@ def parse_tools(value: Any, field_name: str) -> list[dict[str, Any]] | None:
 
 
 def _messages_conversation(row: Mapping[str, Any], options: FormatOptions) -> Conversation:
-    messages = normalize_messages(get_path(row, options.messages_key), options.messages_key)
+    messages = normalize_messages(
+        get_path(row, options.messages_key), options.messages_key, options.multimodal
+    )
     assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1) != 0]
     if options.assistant_turns == "last":
         assistant = assistant[-1:]

@@ -30,7 +30,9 @@ class MicroBatchDataset(Dataset):
 
     def __getitem__(self, micro_batch: MicroBatch) -> dict[str, Any]:  # type: ignore[override]
         rows = self.dataset[list(micro_batch.indices)]
-        batch = self.collator(rows["input_ids"], rows["labels"])
+        batch = self.collator(
+            *(rows[name] for name in getattr(self.collator, "columns", ("input_ids", "labels")))
+        )
         if micro_batch.weight == 0:
             batch["labels"].fill_(IGNORE_INDEX)
         add_targets(batch)

@@ -39,6 +39,10 @@ PIPELINE_VERSION = "3"
 
 OK = "ok"
 NO_TRAINED_TOKENS = "no_trained_tokens"
+#: Truncation would have cut through an image's tokens (vision-language rows).
+IMAGE_TRUNCATED = "image_truncated"
+#: Statuses of well-formed rows that are dropped and counted, never raised as errors.
+DROPPED_NOT_INVALID = (NO_TRAINED_TOKENS, IMAGE_TRUNCATED)
 
 TOKENIZED_FEATURES = datasets.Features(
     {
@@ -68,6 +72,9 @@ class RowTokenizer:
 
     #: Number of batches tokenized in this process; tests use it to see the cache at work.
     calls = 0
+    #: The map output's schema, and the columns besides ids, labels and counts that batches need.
+    features = TOKENIZED_FEATURES
+    extra_columns: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -225,6 +232,7 @@ class TokenizedSource:
     source: Source
     rows: np.ndarray
     tokenized: datasets.Dataset
+    extra_columns: tuple[str, ...] = ()
 
     @property
     def statuses(self) -> np.ndarray:
@@ -234,7 +242,7 @@ class TokenizedSource:
     def invalid(self) -> np.ndarray:
         """Positions (into ``rows``) of malformed rows."""
         statuses = self.statuses
-        return np.flatnonzero((statuses != OK) & (statuses != NO_TRAINED_TOKENS))
+        return np.flatnonzero((statuses != OK) & ~np.isin(statuses, DROPPED_NOT_INVALID))
 
     def row_error(self, position: int, more: str = "") -> RowError:
         """The error of the malformed row at ``position``, naming its file and row."""
@@ -265,12 +273,12 @@ def tokenize_sources(
             batched=True,
             batch_size=256,
             remove_columns=selected.column_names,
-            features=TOKENIZED_FEATURES,
+            features=row_tokenizer.features,
             new_fingerprint=fingerprint[:32],
             num_proc=num_proc if num_proc and num_proc > 1 else None,
             desc=f"Tokenizing {source.name}",
         )
-        results.append(TokenizedSource(source, rows, tokenized))
+        results.append(TokenizedSource(source, rows, tokenized, row_tokenizer.extra_columns))
     return results
 
 
@@ -317,7 +325,9 @@ def tokenize_split(
         if len(keep) == 0:
             continue
         kept = part.tokenized.select(keep) if len(keep) < len(part.tokenized) else part.tokenized
-        parts.append(kept.select_columns(["input_ids", "labels", "num_tokens", "num_trained"]))
+        parts.append(
+            kept.select_columns(["input_ids", "labels", "num_tokens", "num_trained", *part.extra_columns])
+        )
     summary.dropped = dict(dropped)
     if not parts:
         return None, summary

@@ -98,9 +98,8 @@ class HiddenStatePath:
     head: torch.nn.Module
     postprocess: Callable[[torch.Tensor], torch.Tensor] | None
 
-    def hidden_states(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None
-    ) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, **inputs: Any) -> torch.Tensor:
+        """The decoder's last hidden states; ``inputs`` are the model's other inputs (mask, positions...)."""
         captured: list[torch.Tensor] = []
 
         def keep(module: torch.nn.Module, args: Any, output: Any) -> None:
@@ -110,10 +109,9 @@ class HiddenStatePath:
         try:
             self.model(
                 input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
                 use_cache=False,
                 logits_to_keep=1,
+                **inputs,
             )
         finally:
             handle.remove()
@@ -145,7 +143,7 @@ def hidden_state_path(model: torch.nn.Module) -> HiddenStatePath | None:
     )
     try:
         expected = model(input_ids=input_ids, use_cache=False).logits.float()
-        actual = path.logits(path.hidden_states(input_ids, None, None)).float()
+        actual = path.logits(path.hidden_states(input_ids)).float()
     except Exception as error:  # a model whose forward takes no logits_to_keep, or whose decoder is elsewhere
         log.warning(f"lit_sft: the chunked loss is off for this model ({type(error).__name__}: {error})")
         return None
@@ -184,13 +182,18 @@ def apply_liger_kernels(model: torch.nn.Module) -> None:
 
 
 @torch.no_grad()
-def check_packed_attention(model: torch.nn.Module, attn_implementation: str | None = None) -> None:
+def check_packed_attention(
+    model: torch.nn.Module,
+    attn_implementation: str | None = None,
+    packed_inputs: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> None:
     """Verify that packed rows do not attend to each other in this model.
 
     Two short random rows are run separately and packed (``position_ids`` restarting, no attention mask,
     no cache); their logits must agree. Transformers builds the block-diagonal mask from ``position_ids``
     for its own attention implementations; a model with custom attention code may not, and would then
-    silently train every row on its neighbours.
+    silently train every row on its neighbours. ``packed_inputs`` turns the packed probe batch into model
+    inputs as training does (`SFTModule.model_inputs`); by default its ``position_ids`` go in as they are.
 
     Raises:
         ConfigError: When the packed logits differ.
@@ -198,13 +201,21 @@ def check_packed_attention(model: torch.nn.Module, attn_implementation: str | No
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    vocab = model.get_input_embeddings().num_embeddings
+    # Low ids: ordinary tokens in every vocabulary (no image placeholders, which would want pixels).
+    vocab = min(model.get_input_embeddings().num_embeddings, 256)
     generator = torch.Generator().manual_seed(0)
     first, second = (torch.randint(0, vocab, (1, n), generator=generator).to(device) for n in (5, 7))
     packed = torch.cat([first, second], dim=1)
-    positions = torch.cat([torch.arange(5), torch.arange(7)])[None].to(device)
+    batch = {
+        "input_ids": packed,
+        "position_ids": torch.cat([torch.arange(5), torch.arange(7)])[None].to(device),
+        "mm_token_type_ids": torch.zeros_like(packed),
+        "row_lengths": [5, 7],
+        "row_images": [0, 0],
+    }
+    inputs = packed_inputs(batch) if packed_inputs is not None else {"position_ids": batch["position_ids"]}
     alone = [model(input_ids=row, use_cache=False).logits.float() for row in (first, second)]
-    together = model(input_ids=packed, position_ids=positions, use_cache=False).logits.float()
+    together = model(input_ids=packed, use_cache=False, **inputs).logits.float()
     model.train(was_training)
     difference = max((together[:, :5] - alone[0]).abs().max(), (together[:, 5:] - alone[1]).abs().max())
     scale = max(alone[0].abs().max(), alone[1].abs().max(), torch.tensor(1.0, device=device))

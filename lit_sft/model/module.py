@@ -276,7 +276,7 @@ class SFTModule(LightningModule):
             self._resolve_hidden_path()
             datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
             if getattr(datamodule, "packing", False):
-                check_packed_attention(model, self.attn_implementation)
+                check_packed_attention(model, self.attn_implementation, self.model_inputs)
             strategy = self._trainer.strategy if self._trainer is not None else None
             if hasattr(strategy, "shard"):  # FSDP2: shard after LoRA so adapters live in their layers' units
                 strategy.shard(model)
@@ -293,8 +293,14 @@ class SFTModule(LightningModule):
         model.load_state_dict(state_dict)
         return model
 
+    def _lora_config_kwargs(self) -> dict[str, Any]:
+        """Further ``peft.LoraConfig`` arguments for subclasses (vision models exclude the vision tower)."""
+        return {}
+
     def _prepare_model(self, model: PreTrainedModel) -> PreTrainedModel:
-        model.config.use_cache = False  # a KV cache is useless in training and breaks packed attention
+        # A KV cache is useless in training and breaks packed attention (vision models: their text config's).
+        model.config.use_cache = False
+        model.config.get_text_config().use_cache = False
         if self.liger_kernels:
             apply_liger_kernels(model)
         if self.gradient_checkpointing:
@@ -313,6 +319,7 @@ class SFTModule(LightningModule):
                 target_modules=self.lora.target_modules,
                 modules_to_save=self.lora.modules_to_save,
                 task_type="CAUSAL_LM",
+                **self._lora_config_kwargs(),
             )
             model = get_peft_model(model, config)
         return model
@@ -323,13 +330,25 @@ class SFTModule(LightningModule):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        **inputs: Any,
     ) -> torch.Tensor:
-        """Logits of the wrapped model (no KV cache)."""
+        """Logits of the wrapped model (no KV cache); ``inputs`` are further model inputs (pixel values...)."""
         assert self.model is not None, "call configure_model() first (the Trainer does)"
         output = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            **inputs,
         )
         return output.logits
+
+    def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch's model inputs besides ``input_ids``: attention mask and positions where present
+        (subclasses add more: pixel values for vision models)."""
+        return {
+            name: batch[name] for name in ("attention_mask", "position_ids") if batch.get(name) is not None
+        }
 
     def _resolve_hidden_path(self) -> HiddenStatePath | None:
         """The decoder/head split the chunked and Liger losses need (checked once on the real model)."""
@@ -356,13 +375,13 @@ class SFTModule(LightningModule):
         indexed = "target_index" in batch and not shifted  # positions chosen on the host: no device sync
         path = self._resolve_hidden_path()
         if path is None:
-            logits = self(input_ids, batch.get("attention_mask"), batch.get("position_ids"))
+            logits = self(input_ids, **self.model_inputs(batch))
             if not indexed:
                 return token_loss_sum(logits, labels, shifted=shifted)
             selected = logits.reshape(-1, logits.shape[-1]).index_select(0, batch["target_index"]).float()
             loss_sum = F.cross_entropy(selected, batch["target_ids"], reduction="sum")
             return loss_sum, torch.as_tensor(batch["target_ids"].shape[0], device=loss_sum.device)
-        hidden = path.hidden_states(input_ids, batch.get("attention_mask"), batch.get("position_ids"))
+        hidden = path.hidden_states(input_ids, **self.model_inputs(batch))
         if indexed:
             hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["target_index"])
             targets = batch["target_ids"]
@@ -504,6 +523,7 @@ class SFTModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add tokens seen and the RNG states (Python, NumPy, torch, CUDA) for exact resume."""
         checkpoint["lit_sft"] = {
+            "module_class": f"{type(self).__module__}.{type(self).__qualname__}",
             "totals": dict(self._step.totals),
             "skipped_steps": self.skipped_steps,
             "lora": asdict(self.lora) if self.lora else None,
@@ -536,3 +556,29 @@ class SFTModule(LightningModule):
         if self._rng_to_restore is not None:
             _set_rng_states(_from_plain_numpy_state(self._rng_to_restore))
             self._rng_to_restore = None
+
+
+def load_module(ckpt: str) -> SFTModule:
+    """The `SFTModule` (or subclass, e.g. `VisionSFTModule`) a ``lit-sft fit`` checkpoint was saved from,
+    with its trained weights, on the CPU.
+
+    Raises:
+        ConfigError: When there is no checkpoint file, or it names a class that is not an `SFTModule`.
+    """
+    import importlib
+    import os
+
+    if not os.path.isfile(ckpt):
+        raise ConfigError(f"no checkpoint at {ckpt}")
+    # A memory-mapped peek at the class name: the weights are read once, by load_from_checkpoint.
+    peek = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    name = peek.get("lit_sft", {}).get("module_class") or f"{__name__}.SFTModule"
+    del peek
+    module_name, _, class_name = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, SFTModule)):
+        raise ConfigError(f"{ckpt}: saved from {name}, which is not an importable SFTModule")
+    return cls.load_from_checkpoint(ckpt, map_location="cpu")
