@@ -7,6 +7,7 @@ import os
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from lit_sft import SFTDataModule, SFTModule, prepare
@@ -124,3 +125,43 @@ def test_logger_configs_compose_with_the_quickstart(
         args += ["--config", os.path.join(CONFIGS, "loggers", logger_config)]
     cli = main(args, run=False)
     assert isinstance(cli.trainer.logger, logger_class)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
+def test_recipe_fits_and_exports_with_a_tiny_stand_in_model(
+    path: str, tiny_model_dir: str, tmp_path, recipe_data
+) -> None:
+    """Each recipe runs `fit` as written (its logger, callbacks and schedule), shortened: two steps and a
+    few GSM8K questions."""
+    with open(path, encoding="utf-8") as handle:
+        values = yaml.safe_load(handle)
+    for callback in values["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("GSM8KEvaluation"):
+            callback["init_args"].update(max_samples=4, max_new_tokens=8)
+    short = str(tmp_path / os.path.basename(path))
+    with open(short, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(values, handle)
+    data_file = recipe_data["multiturn"] if "multiturn" in path else recipe_data["gsm8k"]
+    args = [
+        "fit", "--config", short,
+        "--model.init_args.model_name_or_path", tiny_model_dir,
+        "--trainer.accelerator", "cpu",
+        "--trainer.devices", "1",
+        "--trainer.precision", "32-true",
+        "--trainer.max_steps", "2",
+        "--trainer.accumulate_grad_batches", "1",
+        "--trainer.val_check_interval", "2",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path / "run"),
+        "--data.init_args.train_files", data_file,
+        "--data.init_args.num_workers", "0",
+        "--data.init_args.max_train_samples", "16",
+        "--data.init_args.max_length", "4096",
+    ]  # fmt: skip
+    if "val_files" in values["data"]["init_args"]:
+        args += ["--data.init_args.val_files", data_file, "--data.init_args.max_val_samples", "8"]
+    cli = main(args)
+    assert cli.trainer.global_step == 2
+    assert os.path.isfile(tmp_path / "run" / "hf" / "final" / "config.json")
+    assert glob.glob(str(tmp_path / "run" / "logs" / "version_0" / "metrics.csv"))
