@@ -298,6 +298,9 @@ class SFTModule(LightningModule):
         return {}
 
     def _prepare_model(self, model: PreTrainedModel) -> PreTrainedModel:
+        # from_pretrained returns the model in eval mode and Lightning keeps the modes it finds at fit start:
+        # dropout and gradient checkpointing (it checks ``self.training``) would be silently off.
+        model.train()
         # A KV cache is useless in training and breaks packed attention (vision models: their text config's).
         model.config.use_cache = False
         model.config.get_text_config().use_cache = False

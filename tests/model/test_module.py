@@ -77,6 +77,26 @@ def test_pretrained_directory_loads_with_from_pretrained(tiny_model_dir) -> None
     assert module.tokenizer.chat_template.startswith("{%- if tools %}")
 
 
+class TrainingFlags(Callback):
+    """Records which submodules are in train mode when each training batch starts."""
+
+    def __init__(self) -> None:
+        self.in_eval: list[list[str]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.in_eval.append([name for name, module in pl_module.named_modules() if not module.training])
+
+
+@pytest.mark.parametrize("lora", [None, LoraOptions(r=4, alpha=8)], ids=["full", "lora"])
+def test_a_pretrained_model_trains_in_train_mode(tiny_model_dir, tmp_path, lora) -> None:
+    """``from_pretrained`` returns a model in eval mode, and Lightning keeps the modes it finds: dropout
+    and gradient checkpointing (which checks ``self.training``) would be silently off."""
+    module = SFTModule(model_name_or_path=tiny_model_dir, lora=lora, gradient_checkpointing=True, dropout=0.1)
+    flags = TrainingFlags()
+    quiet_trainer(max_steps=2, callbacks=[flags]).fit(module, datamodule=data(tmp_path, batch_size=4))
+    assert flags.in_eval == [[], []]
+
+
 def test_dtype_is_applied() -> None:
     module = tiny_module(dtype="bfloat16")
     module.configure_model()
