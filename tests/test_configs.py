@@ -165,3 +165,7 @@ def test_recipe_fits_and_exports_with_a_tiny_stand_in_model(
     assert cli.trainer.global_step == 2
     assert os.path.isfile(tmp_path / "run" / "hf" / "final" / "config.json")
     assert glob.glob(str(tmp_path / "run" / "logs" / "version_0" / "metrics.csv"))
+
+    last = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    validated = main(["validate", *args[1:], "--ckpt_path", last])
+    assert "val/loss" in validated.trainer.callback_metrics
