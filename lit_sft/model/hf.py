@@ -50,6 +50,18 @@ def apply_dropout(config: Any, probability: float) -> list[str]:
     return names
 
 
+def import_class(dotted_path: str) -> Any:
+    """The class at ``package.module.Name``, or None when it cannot be imported."""
+    import importlib
+
+    module_name, _, name = dotted_path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return found if isinstance(found, type) else None
+
+
 def base_model(model: torch.nn.Module) -> torch.nn.Module:
     """The Hugging Face model inside a peft wrapper (the model itself otherwise)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model

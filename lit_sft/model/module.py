@@ -568,8 +568,9 @@ def load_module(ckpt: str) -> SFTModule:
     Raises:
         ConfigError: When there is no checkpoint file, or it names a class that is not an `SFTModule`.
     """
-    import importlib
     import os
+
+    from lit_sft.model.hf import import_class
 
     if not os.path.isfile(ckpt):
         raise ConfigError(f"no checkpoint at {ckpt}")
@@ -577,11 +578,7 @@ def load_module(ckpt: str) -> SFTModule:
     peek = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
     name = peek.get("lit_sft", {}).get("module_class") or f"{__name__}.SFTModule"
     del peek
-    module_name, _, class_name = name.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError):
-        cls = None
-    if not (isinstance(cls, type) and issubclass(cls, SFTModule)):
+    cls = import_class(name)
+    if not (cls is not None and issubclass(cls, SFTModule)):
         raise ConfigError(f"{ckpt}: saved from {name}, which is not an importable SFTModule")
     return cls.load_from_checkpoint(ckpt, map_location="cpu")

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedModel
 
 from lit_sft.errors import ConfigError
-from lit_sft.model.hf import base_model
+from lit_sft.model.hf import base_model, import_class
 from lit_sft.model.module import SFTModule
 from lit_sft.processor import ProcessorOwner
 
@@ -80,6 +80,8 @@ class VisionSFTModule(ProcessorOwner, SFTModule):
         processor_kwargs: Passed to ``AutoProcessor.from_pretrained`` (image resolution bounds). In a
             run, the module takes the data module's processor and its ``processor_kwargs``, so exports and
             checkpoints carry the processor the images were encoded with.
+        model_class: The model's own class as a dotted path (``transformers.Qwen2_5_VLForConditionalGeneration``
+            or a class of your package) for models ``AutoModelForImageTextToText`` does not map.
         **kwargs: Any `SFTModule` option (``model_config`` takes ``{model_type: qwen2_vl, text_config: {...},
             vision_config: {...}}`` for random initialisation).
     """
@@ -91,6 +93,7 @@ class VisionSFTModule(ProcessorOwner, SFTModule):
         processor_name_or_path: str | None = None,
         train_vision_tower: bool = False,
         processor_kwargs: dict[str, Any] | None = None,
+        model_class: str | None = None,
         **kwargs: Any,
     ) -> None:
         if kwargs.get("sequence_parallel_size", 1) > 1:
@@ -99,7 +102,14 @@ class VisionSFTModule(ProcessorOwner, SFTModule):
         self.processor_name_or_path = processor_name_or_path
         self.train_vision_tower = train_vision_tower
         self.processor_kwargs = dict(processor_kwargs or {})
+        self.model_class = model_class
+        if model_class is not None and self._model_class() is None:
+            raise ConfigError(f"model.model_class {model_class!r} is not an importable class")
         self._processor: Any = None
+
+    def _model_class(self) -> Any:
+        """``model_class`` imported, or ``AutoModelForImageTextToText``."""
+        return import_class(self.model_class) if self.model_class else AutoModelForImageTextToText
 
     def setup(self, stage: str) -> None:
         """Take the data module's processor (the one the images were encoded with) for exports."""
@@ -123,7 +133,7 @@ class VisionSFTModule(ProcessorOwner, SFTModule):
         kwargs = self._load_kwargs()
         if self.model_name_or_path is not None:
             try:
-                return AutoModelForImageTextToText.from_pretrained(self.model_name_or_path, **kwargs)
+                return self._model_class().from_pretrained(self.model_name_or_path, **kwargs)
             except (OSError, ValueError) as error:
                 raise ConfigError(
                     f"cannot load a vision-language model from {self.model_name_or_path!r}: {error}"
@@ -148,6 +158,8 @@ class VisionSFTModule(ProcessorOwner, SFTModule):
                 values.setdefault(name, vocabulary[token])
         config = AutoConfig.for_model(model_type, text_config=text, **values)
         kwargs.pop("trust_remote_code")
+        if self.model_class:
+            return self._model_class()._from_config(config, **kwargs)
         return AutoModelForImageTextToText.from_config(
             config, trust_remote_code=self.trust_remote_code, **kwargs
         )

@@ -15,6 +15,7 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLForConditional
 from lit_sft.callbacks import HFExport
 from lit_sft.cli import entry_point
 from lit_sft.data.vision import VisionSFTDataModule
+from lit_sft.errors import ConfigError
 from lit_sft.model import LoraOptions
 from lit_sft.model.module import load_module
 from lit_sft.model.vision import VisionSFTModule, vision_tower_modules
@@ -203,3 +204,15 @@ def test_a_pretrained_vision_model_loads_from_its_directory(vlm_dir, tmp_path) -
     assert len(losses) == 2 and isinstance(model.model, Qwen2VLForConditionalGeneration)
     with pytest.raises(Exception, match="cannot load a vision-language model"):
         VisionSFTModule(model_name_or_path=str(tmp_path / "nothing")).build_model()
+
+
+def test_the_model_class_can_be_named_for_models_the_auto_class_does_not_map(vlm_dir, processor_dir) -> None:
+    own = "transformers.Qwen2VLForConditionalGeneration"
+    built = module(processor_dir, model_class=own).build_model()
+    loaded = VisionSFTModule(model_name_or_path=vlm_dir, model_class=own, dtype="bfloat16").build_model()
+    assert isinstance(built, Qwen2VLForConditionalGeneration) and isinstance(
+        loaded, Qwen2VLForConditionalGeneration
+    )
+    assert loaded.dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match=r"'transformers\.NoSuchModel' is not an importable class"):
+        VisionSFTModule(model_name_or_path=vlm_dir, model_class="transformers.NoSuchModel")
