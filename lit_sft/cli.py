@@ -138,6 +138,22 @@ def entry_point(argv: list[str] | None = None) -> None:
     except Preempted as stopped:
         print(f"lit-sft: stopped: {stopped}", file=sys.stderr)
         sys.exit(128 + int(stopped.signum))
-    except LitSFTError as error:
-        print(f"lit-sft: error: {error}", file=sys.stderr)
+    except Exception as error:  # only lit_sft's own errors (maybe wrapped) become one line; others re-raise
+        ours = lit_sft_error_in(error)
+        if ours is None:
+            raise
+        print(f"lit-sft: error: {ours}", file=sys.stderr)
         sys.exit(2)
+
+
+def lit_sft_error_in(error: BaseException) -> LitSFTError | None:
+    """``error`` itself or the lit_sft error it was raised from: jsonargparse wraps what a constructor raises
+    (``model.loss_chunk_size must be positive``) in a ``ValueError`` about union subtypes."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, LitSFTError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

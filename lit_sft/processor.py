@@ -41,7 +41,8 @@ def load_processor(
         processor.chat_template = read_chat_template(chat_template)
     if not getattr(processor, "chat_template", None):
         raise ConfigError(
-            f"the processor of {name_or_path!r} has no chat template; give one with chat_template"
+            f"the processor of {name_or_path!r} has no chat template; give one with model.chat_template "
+            "(Jinja text or a .jinja file; the CLI passes it to the data module)"
         )
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token

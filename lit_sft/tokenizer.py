@@ -109,8 +109,8 @@ def load_tokenizer(
         raise ConfigError(f"the tokenizer of {name_or_path!r} is not a fast tokenizer; lit_sft needs offsets")
     if not tokenizer.chat_template:
         raise ConfigError(
-            f"the tokenizer of {name_or_path!r} has no chat template; give one with data.chat_template "
-            "(Jinja text or a .jinja file)"
+            f"the tokenizer of {name_or_path!r} has no chat template; give one with model.chat_template "
+            "(Jinja text or a .jinja file; the CLI passes it to the data module)"
         )
     if tokenizer.pad_token is None:
         # Padding is masked by position, never by id, so pad may equal EOS.

@@ -39,7 +39,11 @@ if [ "$("$PYTHON" -c 'import torch; print(int(torch.cuda.is_available()))')" = "
     ACCELERATOR=(--trainer.accelerator cpu)   # a CPU machine: gloo, one process per NPROC_PER_NODE
 fi
 
+# torchrun forwards only SIGTERM/SIGINT/SIGHUP/SIGQUIT by default: SLURM's SIGUSR1 warning would kill the
+# launcher and orphan the workers. Workers get SHUTDOWN_TIMEOUT seconds (torchrun's default: 30) to finish
+# the step and write last.ckpt before SIGKILL.
 exec "$PYTHON" -m torch.distributed.run \
+    --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 --shutdown-timeout "${SHUTDOWN_TIMEOUT:-300}" \
     --nnodes "$NNODES" --nproc_per_node "$NPROC_PER_NODE" --node_rank "$NODE_RANK" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
     -m lit_sft fit --config "$CONFIG" "$@" \

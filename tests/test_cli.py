@@ -115,6 +115,38 @@ def test_user_errors_print_one_line_without_a_traceback(tmp_path, monkeypatch, c
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model.init_args.loss_chunk_size", "0"], "model.loss_chunk_size must be positive"),
+        (
+            ["--data.init_args.packing", "true", "--data.init_args.max_tokens_per_batch", "100"],
+            "data.max_tokens_per_batch (100) must hold the longest row",
+        ),
+    ],
+    ids=["model", "data"],
+)
+def test_option_errors_raised_while_building_print_one_line(
+    args, message, tmp_path, monkeypatch, capsys
+) -> None:
+    # jsonargparse wraps what a constructor raises in its own ValueError; the user sees lit_sft's line.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        entry_point(["fit", "--config", QUICKSTART, *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"lit-sft: error: {message}" in err and "Traceback" not in err
+
+
+def test_other_exceptions_are_not_swallowed(monkeypatch) -> None:
+    def broken(*_: object, **__: object) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr("lit_sft.cli.main", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        entry_point(["fit"])
+
+
 def test_unknown_config_keys_fail_at_parse_time_naming_the_key(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", QUICKSTART, "--data.init_args.batch_sise", "4"])
@@ -146,3 +178,30 @@ def test_a_model_given_by_path_fits_with_its_hyperparameters_logged(tiny_model_d
     [hparams] = glob.glob(str(tmp_path / "runs" / "**" / "hparams.yaml"), recursive=True)
     with open(hparams, encoding="utf-8") as handle:
         assert f"model_name_or_path: {tiny_model_dir}" in handle.read()
+
+
+def test_a_tokenizer_without_a_chat_template_names_the_option_that_fixes_it(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    from lit_sft.tokenizer import load_tokenizer
+
+    plain = load_tokenizer("builtin:byte-chatml")
+    template = plain.chat_template
+    plain.chat_template = None
+    plain.save_pretrained(str(tmp_path / "tok"))
+    train = write_jsonl(str(tmp_path / "train.jsonl"), [{"prompt": "Q", "response": "A"}] * 4)
+    args = [
+        "fit", "--config", QUICKSTART,
+        "--model.init_args.tokenizer_name_or_path", str(tmp_path / "tok"),
+        "--data", "lit_sft.SFTDataModule",
+        "--data.init_args.train_files", train,
+        "--trainer.max_steps", "1",
+        "--trainer.callbacks", "[]",
+    ]  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        entry_point(args)
+    assert "has no chat template; give one with model.chat_template" in capsys.readouterr().err
+    (tmp_path / "chat.jinja").write_text(template, encoding="utf-8")
+    cli = main([*args, "--model.init_args.chat_template", str(tmp_path / "chat.jinja")])
+    assert cli.trainer.global_step == 1 and cli.datamodule.tokenizer.chat_template == template

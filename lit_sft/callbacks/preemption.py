@@ -16,7 +16,7 @@ log = logging.getLogger("lit_sft")
 
 
 class Preempted(LitSFTError):
-    """The run was stopped by a signal after saving a checkpoint; resume with ``--ckpt_path last``.
+    """The run was stopped by a signal after saving a checkpoint; resume with ``--ckpt_path <checkpoint>``.
 
     Attributes:
         signum: The signal received.
@@ -26,8 +26,11 @@ class Preempted(LitSFTError):
     def __init__(self, signum: int, step: int, checkpoint: str) -> None:
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         name = signal.Signals(signum).name
+        # The path, not "last": without a configured ModelCheckpoint the checkpoint lies in the logger's
+        # version directory, and a new run's "last" would look in the next version's and start over.
         super().__init__(
-            f"{name} received: checkpoint of step {step} saved to {checkpoint}; resume with --ckpt_path last"
+            f"{name} received: checkpoint of step {step} saved to {checkpoint}; "
+            f"resume with --ckpt_path {checkpoint}"
         )
 
 

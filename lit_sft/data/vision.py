@@ -212,11 +212,24 @@ class VisionRowTokenizer(RowTokenizer):
         conversation = row_to_conversation(row, "messages", self.format_options)
         images = collect_images(conversation, row, self.images_key, self.image_root)
         rendered = renderer.render(conversation)
+        placeholder = getattr(self.processor, "image_token", None)
+        if placeholder and rendered.text.count(placeholder) != len(images):
+            raise InvalidRow(
+                conversation.field,
+                f"the rendered text holds {rendered.text.count(placeholder)} image placeholders "
+                f"({placeholder}) for {len(images)} images: is the placeholder typed inside a text part?",
+                "image_count_mismatch",
+            )
         [(text_ids, text_labels)] = tokenize_rendered(self.tokenizer, [rendered])
         from PIL import Image
 
         pictures = [Image.open(io.BytesIO(data)).convert("RGB") for data in images]
-        encoded = self.processor(text=[rendered.text], images=pictures or None, add_special_tokens=False)
+        try:
+            encoded = self.processor(text=[rendered.text], images=pictures or None, add_special_tokens=False)
+        except (ValueError, TypeError, RuntimeError) as error:  # e.g. an aspect ratio over 200 in Qwen2-VL
+            raise InvalidRow(
+                conversation.field, f"the processor rejected the row: {error}", "invalid_image"
+            ) from None
         input_ids = list(encoded["input_ids"][0])
         positions = align_insertions(text_ids, input_ids)
         if positions is None:

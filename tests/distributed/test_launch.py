@@ -99,3 +99,45 @@ def test_the_entry_point_leaves_the_process_group_before_exiting(tmp_path) -> No
     close_process_group()
     assert not torch.distributed.is_initialized()
     close_process_group()  # nothing to leave: a no-op
+
+
+@pytest.mark.slow
+def test_run_sft_sh_forwards_slurms_sigusr1_so_the_workers_save_and_stop(tmp_path) -> None:
+    """torchrun forwards only SIGTERM/SIGINT/SIGHUP/SIGQUIT unless told; SIGUSR1 would kill the launcher
+    and leave the workers running without a checkpoint."""
+    import contextlib
+    import glob
+    import signal
+    import time
+
+    from tests.faults.test_kill_and_resume import config
+
+    path = config(str(tmp_path / "cfg"), 2, strategy="ddp")
+    env = {
+        **os.environ,
+        "NPROC_PER_NODE": "2", "NNODES": "1", "MASTER_PORT": "29534", "CHECKPOINT_DIR": str(tmp_path / "ckpt"),
+        "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
+    }  # fmt: skip
+    command = ["bash", os.path.join(ROOT, "scripts", "run_sft.sh"), path, "--trainer.max_steps", "100000"]
+    launcher = subprocess.Popen(
+        command,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: nothing outlives the test
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not glob.glob(str(tmp_path / "ckpt" / "checkpoints" / "*step=2.ckpt")):
+            assert launcher.poll() is None and time.monotonic() < deadline, "the run ended before step 2"
+            time.sleep(0.2)
+        launcher.send_signal(signal.SIGUSR1)  # bash exec'd torchrun: this is the launcher
+        _, stderr = launcher.communicate(timeout=240)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert "lit-sft: stopped: SIGUSR1 received: checkpoint of step" in stderr, stderr[-3000:]
+    step = torch.load(tmp_path / "ckpt" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert 2 <= step < 100000

@@ -175,6 +175,7 @@ def test_a_preemption_signal_saves_a_checkpoint_and_stops_cleanly(uninterrupted,
     stopped = fit(config(root, 4, callbacks=callbacks))
     assert stopped.returncode == 128 + getattr(signal, name), stopped.stderr[-3000:]
     assert f"lit-sft: stopped: {name} received: checkpoint of step 5 saved to" in stopped.stderr
+    assert f"resume with --ckpt_path {root}/checkpoints/last.ckpt" in stopped.stderr
     assert "Traceback" not in stopped.stderr
     assert torch.load(f"{root}/checkpoints/last.ckpt", weights_only=False)["global_step"] == 5
     resumed = fit(config(root, 4), "--ckpt_path", "last")

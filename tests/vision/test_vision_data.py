@@ -177,13 +177,20 @@ def test_truncation_that_spares_the_images_keeps_the_row(processor_dir, tmp_path
          "messages[1].content[0]", "images are supported in user messages"),
         (lambda row: row["messages"][0]["content"].append({"type": "audio"}),
          "messages[0].content[2]", "must be {type: text, text} or {type: image}"),
+        (lambda row: row["messages"][0]["content"][1].update(text=f"Colour? {IMAGE_PAD}"),
+         "messages", "2 image placeholders (<|image_pad|>) for 1 images"),
+        (lambda row: row["messages"][0]["content"][0].update(image="too-long.png"),
+         "messages", "the processor rejected the row: absolute aspect ratio must be smaller than 200"),
     ],
-    ids=["missing", "undecodable", "wrong-kind", "mixed", "assistant-image", "unknown-part"],
+    ids=["missing", "undecodable", "wrong-kind", "mixed", "assistant-image", "unknown-part", "typed-placeholder",
+         "processor-rejects"],
 )  # fmt: skip
 def test_bad_images_name_the_file_row_and_field(processor_dir, tmp_path, mutate, field, reason) -> None:
     rows = colour_rows(3, str(tmp_path / "img"))
     with open(tmp_path / "img" / "not-an-image.png", "w") as handle:
         handle.write("plain text")
+    with open(tmp_path / "img" / "too-long.png", "wb") as handle:
+        handle.write(image_png("red", (28 * 201, 28)))
     mutate(rows[2])
     files = write_jsonl(str(tmp_path / "t.jsonl"), rows)
     with pytest.raises(RowError) as caught:
