@@ -91,7 +91,10 @@ def chunked_cross_entropy_sum(
         chunk_size: Rows per chunk.
     """
     if hidden.shape[0] == 0:
-        return hidden.sum() * 0.0  # keeps the graph connected for DDP when a micro-batch has no target
+        # A micro-batch with no target (the padding micro-batch a short rank gets) must still put every
+        # parameter in the graph: an untied LM head without a gradient on one rank hangs DDP's all-reduce
+        # and breaks FSDP's reduce-scatter. The head on zero rows costs nothing.
+        return logits_fn(hidden).float().sum() * 0.0
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_size):
         chunk, chunk_targets = hidden[start : start + chunk_size], targets[start : start + chunk_size]

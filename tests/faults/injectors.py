@@ -36,7 +36,9 @@ class SignalAt(Callback):
 
 
 class CrashingCheckpointIO(AtomicCheckpointIO):
-    """Writes half of its ``crash_on``-th checkpoint, as the real writer would, then SIGKILLs the process."""
+    """On its ``crash_on``-th checkpoint, runs the real writer (`AtomicCheckpointIO`) with a ``torch.save``
+    that writes half of the bytes to the writer's file handle and then SIGKILLs the process: a writer that
+    wrote in place would leave a truncated checkpoint at the final path."""
 
     def __init__(self, crash_on: int = 1) -> None:
         super().__init__()
@@ -45,11 +47,15 @@ class CrashingCheckpointIO(AtomicCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         self.saves += 1
         if self.saves == self.crash_on:
-            buffer = io.BytesIO()
-            torch.save(checkpoint, buffer)
-            with open(f"{os.fspath(path)}.tmp-{os.getpid()}", "wb") as handle:
+            real_save = torch.save
+
+            def save_half_then_die(obj: Any, handle: Any, *args: Any, **kwargs: Any) -> None:
+                buffer = io.BytesIO()
+                real_save(obj, buffer, *args, **kwargs)
                 handle.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            torch.save = save_half_then_die
         super().save_checkpoint(checkpoint, path, storage_options)

@@ -8,6 +8,7 @@ from lightning.pytorch import Callback, seed_everything
 from transformers import AutoModelForCausalLM
 
 from lit_sft import SFTDataModule, SFTModule
+from lit_sft.data.collate import add_targets
 from lit_sft.errors import ConfigError
 from lit_sft.model import LoraOptions
 from tests.helpers import arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
@@ -95,6 +96,26 @@ def test_a_pretrained_model_trains_in_train_mode(tiny_model_dir, tmp_path, lora)
     flags = TrainingFlags()
     quiet_trainer(max_steps=2, callbacks=[flags]).fit(module, datamodule=data(tmp_path, batch_size=4))
     assert flags.in_eval == [[], []]
+
+
+@pytest.mark.parametrize("implementation", ["chunked", "plain"])
+def test_a_micro_batch_without_targets_still_gives_every_parameter_a_gradient(
+    tmp_path, implementation
+) -> None:
+    """Ranks that run out of rows get a fully masked micro-batch; DDP waits for every parameter's gradient
+    (an untied LM head included) on every rank."""
+    module = tiny_module(
+        model_config=tiny_model_config(tie_word_embeddings=False), loss_implementation=implementation
+    )
+    module.configure_model()
+    batch = first_batch(tmp_path)
+    batch["labels"].fill_(-100)  # as MicroBatchDataset masks a padding micro-batch
+    add_targets(batch)
+    loss_sum, count = module.compute_loss_sum(batch)
+    loss_sum.backward()
+    assert int(count) == 0 and float(loss_sum) == 0.0
+    missing = [name for name, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
 
 
 def test_dtype_is_applied() -> None:
