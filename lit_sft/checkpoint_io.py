@@ -38,9 +38,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             if os.path.exists(temporary):
                 os.remove(temporary)
-        if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
-            descriptor = os.open(directory, os.O_DIRECTORY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
+        fsync_directory(directory)  # make the rename itself durable
+
+
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    """Flush ``directory``'s entries (renames into it) to disk, on POSIX systems."""
+    if hasattr(os, "O_DIRECTORY"):
+        descriptor = os.open(directory, os.O_DIRECTORY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)

@@ -17,12 +17,16 @@ DDP needs no preset: ``strategy: ddp``.
 from __future__ import annotations
 
 import functools
+import os
+import shutil
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from typing_extensions import override
 
+from lit_sft.checkpoint_io import fsync_directory
 from lit_sft.errors import ConfigError
 from lit_sft.model.hf import base_model
 
@@ -51,7 +55,46 @@ def decoder_layers(model: torch.nn.Module, names: set[str]) -> list[torch.nn.Mod
     return [module for module in model.modules() if type(module).__name__ in names]
 
 
-class FSDPStrategyPreset(FSDPStrategy):
+class AtomicShardedCheckpoints:
+    """Sharded checkpoints (a directory written by every rank) saved so that a complete one is always there.
+
+    Lightning writes the shards straight into ``last.ckpt/``: a run killed while saving leaves a directory
+    that mixes the new step's shards with the old metadata, and resuming from it silently trains from a
+    state that never existed. Here every rank writes into ``<name>.saving`` beside it; once all ranks are
+    done, rank 0 swaps it in with two renames (``<name>`` -> ``<name>.replaced``, ``<name>.saving`` ->
+    ``<name>``) and deletes the old one. None of these names ends in ``.ckpt``, so Lightning's
+    ``--ckpt_path last`` never picks a partial one.
+    """
+
+    def _saves_sharded(self) -> bool:
+        raise NotImplementedError
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        if not self._saves_sharded() or "://" in os.fspath(filepath):
+            super().save_checkpoint(checkpoint, filepath, storage_options)  # type: ignore[misc]
+            return
+        path = Path(self.broadcast(os.fspath(filepath)))  # type: ignore[attr-defined]
+        staging, replaced = path.with_name(path.name + ".saving"), path.with_name(path.name + ".replaced")
+        if self.global_rank == 0:  # type: ignore[attr-defined]
+            for leftover in (staging, replaced):  # from a run killed while saving
+                if leftover.exists():
+                    shutil.rmtree(leftover)
+        self.barrier("lit_sft_checkpoint_staging")  # type: ignore[attr-defined]
+        super().save_checkpoint(checkpoint, staging, storage_options)  # type: ignore[misc]
+        self.barrier("lit_sft_checkpoint_written")  # type: ignore[attr-defined]
+        if self.global_rank == 0:  # type: ignore[attr-defined]
+            if path.is_dir():
+                path.rename(replaced)
+            elif path.exists():
+                path.unlink()
+            staging.rename(path)
+            if replaced.exists():
+                shutil.rmtree(replaced)
+            fsync_directory(path.parent)
+        self.barrier("lit_sft_checkpoint_renamed")  # type: ignore[attr-defined]
+
+
+class FSDPStrategyPreset(AtomicShardedCheckpoints, FSDPStrategy):
     """Lightning's ``FSDPStrategy`` (FSDP1, GPUs) wrapping and checkpointing each decoder layer.
 
     Args:
@@ -98,6 +141,9 @@ class FSDPStrategyPreset(FSDPStrategy):
             **kwargs,
         )
 
+    def _saves_sharded(self) -> bool:
+        return self._state_dict_type == "sharded"
+
     def layer_names(self) -> set[str]:
         """The decoder layer class names of the model being wrapped (resolved once)."""
         if not hasattr(self, "_layer_names"):
@@ -112,7 +158,7 @@ def _by_name_policy(
     return True if recurse else type(module).__name__ in strategy.layer_names()
 
 
-class FSDP2Strategy(ModelParallelStrategy):
+class FSDP2Strategy(AtomicShardedCheckpoints, ModelParallelStrategy):
     """Lightning's ``ModelParallelStrategy`` with FSDP2 (``fully_shard``) on each decoder layer and the root,
     data parallel over every process. Runs on GPUs (NCCL) and on CPU (gloo).
 
@@ -153,6 +199,9 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.reshard_after_forward = reshard_after_forward
         self.cpu_offload = cpu_offload
         self.param_dtype, self.reduce_dtype = param_dtype, reduce_dtype
+
+    def _saves_sharded(self) -> bool:
+        return bool(self._save_distributed_checkpoint)
 
     @override
     def setup_environment(self) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
@@ -145,6 +146,18 @@ class GSM8KEvaluation(Callback):
         )
         return accuracy
 
+    def _records_dir(self, trainer: Trainer) -> str:
+        """``output_dir``, else the run's own directory. Not ``trainer.log_dir``: it broadcasts (this runs on
+        rank 0 only), and for loggers such as wandb it is their save_dir, shared by every run."""
+        if self.output_dir:
+            return self.output_dir
+        logger = trainer.logger
+        if isinstance(logger, CSVLogger | TensorBoardLogger):
+            return os.path.join(logger.log_dir, "gsm8k")
+        if logger is not None and logger.version is not None:
+            return os.path.join(trainer.default_root_dir, "gsm8k", str(logger.version))
+        return os.path.join(trainer.default_root_dir, "gsm8k")
+
     def _write_records(self, trainer: Trainer, records: list[dict[str, Any]]) -> None:
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             gathered: list[Any] = [None] * trainer.world_size
@@ -152,7 +165,7 @@ class GSM8KEvaluation(Callback):
             records = [record for part in gathered for record in part]
         if trainer.global_rank != 0:
             return
-        directory = self.output_dir or os.path.join(trainer.log_dir or trainer.default_root_dir, "gsm8k")
+        directory = self._records_dir(trainer)
         os.makedirs(directory, exist_ok=True)
         prefix = "validate-" if trainer.state.fn == TrainerFn.VALIDATING else ""
         path = os.path.join(directory, f"{prefix}step-{trainer.global_step:06d}.jsonl")

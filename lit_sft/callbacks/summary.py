@@ -27,6 +27,7 @@ class RunSummary(Callback):
     def __init__(self) -> None:
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.train_losses: list[tuple[int, float]] = []
+        self._recorded: dict[str, Any] = {}
         self._start = time.monotonic()
 
     @override
@@ -37,10 +38,15 @@ class RunSummary(Callback):
         for name, value in trainer.callback_metrics.items():
             if not name.startswith("val/"):
                 continue
+            # A metric not logged again (GSM8K every n validations) keeps its tensor in callback_metrics:
+            # skip it by identity, not by value, so that a repeated value is recorded at its new step.
+            if self._recorded.get(name) is value:
+                continue
+            self._recorded[name] = value
             points = self.history.setdefault(name, [])
             if points and points[-1][0] == step:
                 points[-1] = (step, float(value))
-            elif not points or points[-1][1] != float(value):
+            else:
                 points.append((step, float(value)))
 
     @override

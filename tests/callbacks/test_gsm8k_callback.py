@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 import torch
 from lightning.pytorch import seed_everything
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger
 
 from lit_sft import SFTModule
 from lit_sft.callbacks import GSM8KEvaluation, RunSummary
@@ -54,12 +54,13 @@ def test_evaluates_at_start_every_n_validations_and_at_the_end(tmp_path) -> None
         max_new_tokens=8, every_n_validations=2, evaluate_at_fit_start=True, batch_size=4
     )
     logger = CSVLogger(str(tmp_path), name="logs")
+    summary = RunSummary()
     trainer = quiet_trainer(
         max_steps=7,
         val_check_interval=2,
         limit_val_batches=None,
         logger=logger,
-        callbacks=[callback, RunSummary()],
+        callbacks=[callback, summary],
     )
     trainer.fit(module(), datamodule=data(tmp_path))
     # Validations at steps 2, 4, 6: evaluated at the 2nd (step 4); plus step 0 and the end (step 7).
@@ -73,6 +74,9 @@ def test_evaluates_at_start_every_n_validations_and_at_the_end(tmp_path) -> None
         logged = [row for row in csv.DictReader(handle) if row.get("val/gsm8k_acc_strict")]
     assert [int(row["step"]) for row in logged] == [0, 3, 7]  # Lightning logs validation at step - 1
     assert [step for step, _, _ in callback.history] == [0, 4, 7]
+    # The summary records each evaluation at its own step, equal values included (an untrained model's 0%).
+    assert [step for step, _ in summary.history["val/gsm8k_acc_strict"]] == [0, 4, 7]
+    assert [step for step, _ in summary.history["val/loss"]] == [2, 4, 6]
 
 
 def test_validate_reports_the_accuracy_of_what_the_model_generates(tmp_path) -> None:
@@ -103,3 +107,24 @@ def test_works_with_lora(tmp_path) -> None:
     trainer.fit(module(lora=LoraOptions(r=4, alpha=8)), datamodule=data(tmp_path))
     assert [step for step, _, _ in callback.history] == [2]
     assert len(read_jsonl(str(tmp_path / "out" / "step-000002.jsonl"))) == 3
+
+
+class VersionOnlyLogger(Logger):
+    """A logger like wandb's: a version (run id) but no per-run log directory."""
+
+    name, version = "remote", "run-abc"
+
+    def log_metrics(self, metrics, step=None) -> None:  # type: ignore[override]
+        pass
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:  # type: ignore[override]
+        pass
+
+
+def test_records_of_loggers_without_a_run_directory_go_under_the_run_version(tmp_path) -> None:
+    callback = GSM8KEvaluation(max_new_tokens=4, batch_size=8)
+    trainer = quiet_trainer(
+        max_steps=1, logger=VersionOnlyLogger(), default_root_dir=str(tmp_path), callbacks=[callback]
+    )
+    trainer.fit(module(), datamodule=data(tmp_path))
+    assert os.listdir(tmp_path / "gsm8k" / "run-abc") == ["step-000001.jsonl"]

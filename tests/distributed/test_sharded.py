@@ -40,3 +40,22 @@ def test_fsdp2_sharded_checkpoint_resumes_exactly_and_exports_the_full_model(tmp
         step: expected[step] for step in range(4, TOTAL_STEPS + 1)
     }
     torch.testing.assert_close(exported_logits(root), exported_logits(reference), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_a_kill_while_saving_a_sharded_checkpoint_keeps_the_previous_one(tmp_path) -> None:
+    """Saves: step 3 (step=3, last), step 6 (step=6, then last: killed after the shards, before the metadata)."""
+    reference = str(tmp_path / "reference")
+    assert fit(config(reference, 3, strategy=FSDP2), processes=2).returncode == 0
+    root = str(tmp_path / "run")
+    kill = {"class_path": "tests.faults.injectors.KillInShardedSave", "init_args": {"nth": 4}}
+    killed = fit(config(root, 3, callbacks=[kill], strategy=FSDP2), processes=2)
+    assert killed.returncode != 0
+    meta = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt" / "meta.pt", weights_only=False)
+    assert meta["global_step"] == 3  # the complete previous checkpoint, not step 6's shards
+    resumed = fit(config(root, 3, strategy=FSDP2), "--ckpt_path", "last", processes=2)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    expected, actual = losses(reference), losses(root)
+    assert {step: actual[step] for step in range(4, TOTAL_STEPS + 1)} == {
+        step: expected[step] for step in range(4, TOTAL_STEPS + 1)
+    }

@@ -59,3 +59,24 @@ class CrashingCheckpointIO(AtomicCheckpointIO):
 
             torch.save = save_half_then_die
         super().save_checkpoint(checkpoint, path, storage_options)
+
+
+class KillInShardedSave(Callback):
+    """SIGKILLs each rank right after it has written its shards of the ``nth`` sharded save, before the
+    metadata: what a kill halfway through saving a sharded checkpoint leaves behind."""
+
+    def __init__(self, nth: int = 2) -> None:
+        self.nth, self.count = nth, 0
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        import lightning.pytorch.strategies.model_parallel as model_parallel
+
+        original = model_parallel._distributed_checkpoint_save
+
+        def save_then_die(state: Any, path: Any) -> None:
+            original(state, path)
+            self.count += 1
+            if self.count == self.nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        model_parallel._distributed_checkpoint_save = save_then_die
