@@ -4,13 +4,22 @@ Each configuration trains in its own process (so that its peak memory is its own
 alternate, and every run reports trained tokens/s (completion tokens the loss is taken on), real tokens/s
 (no padding), median step time, peak memory (CPU RSS, or CUDA max allocated) and the loss at the last step.
 
-CPU configuration (the default): a Qwen2-style model (hidden 256, 4 layers) initialised once and saved,
-GSM8K train rows with a BPE tokenizer built here (Qwen2.5's ChatML template), max_length 512, 8 rows per
-optimizer step (lit_sft packs them: about as many tokens per step), fused AdamW lr 1e-4 constant, fp32 (both
-tools).
+CPU configuration (``--preset cpu``, the default): a Qwen2-style model (hidden 256, 4 layers) initialised
+once and saved, GSM8K train rows with a BPE tokenizer built here (Qwen2.5's ChatML template), max_length
+512, 8 rows per optimizer step (lit_sft packs them: about as many tokens per step), fused AdamW lr 1e-4
+constant, fp32 (both tools).
+
+GPU configurations (``--preset 0.5b`` / ``1.5b``): Qwen2.5-0.5B / 1.5B shapes with random weights (the
+full 151,936-token vocabulary), bf16 autocast over fp32 weights for both tools, max_length 2048, 32 rows
+per step, flash-attention 2 when installed (else SDPA); ``--gradient_checkpointing`` and ``--liger`` turn
+those on for both tools (TRL: ``gradient_checkpointing``, ``use_liger_kernel``; lit_sft: its Liger kernels
+and fused linear cross-entropy). On CUDA the table adds MFU: 6 x (non-embedding parameters) x real
+tokens/s over the GPU's dense bf16 peak (``--peak_tflops``, default from the device name); attention FLOPs
+are left out, so it is a lower bound.
 
     pip install -e ".[bench]"
     python benchmarks/train_vs_trl.py --steps 30 --repeats 2 --out docs/benchmarks/train_vs_trl
+    python benchmarks/train_vs_trl.py --preset 1.5b --gradient_checkpointing --liger --out docs/benchmarks/train_vs_trl_1.5b
 """
 
 from __future__ import annotations
@@ -29,21 +38,41 @@ import torch
 from common import GSM8K, build_bpe_tokenizer, machine, read_jsonl
 
 TRAIN = os.path.join(GSM8K, "train.jsonl")
-MODEL = {
-    "hidden_size": 256,
-    "intermediate_size": 704,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 4096,
-    "tie_word_embeddings": False,
-}
-ROWS_PER_STEP = 8
-MAX_LENGTH = 512
+PRESETS: dict[str, dict] = {
+    "cpu": {
+        "model": {
+            "hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "max_position_embeddings": 4096, "tie_word_embeddings": False,
+        },
+        "max_length": 512, "rows_per_step": 8, "bf16": False,
+        "label": "Qwen2-style model (hidden 256, 4 layers, BPE vocabulary 8,192, 7.4M parameters)",
+    },
+    "0.5b": {
+        "model": {
+            "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+            "num_key_value_heads": 2, "max_position_embeddings": 32768, "tie_word_embeddings": True,
+            "vocab_size": 151936,
+        },
+        "max_length": 2048, "rows_per_step": 32, "bf16": True,
+        "label": "Qwen2.5-0.5B shapes (random weights, vocabulary 151,936)",
+    },
+    "1.5b": {
+        "model": {
+            "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+            "num_key_value_heads": 2, "max_position_embeddings": 32768, "tie_word_embeddings": True,
+            "vocab_size": 151936,
+        },
+        "max_length": 2048, "rows_per_step": 32, "bf16": True,
+        "label": "Qwen2.5-1.5B shapes (random weights, vocabulary 151,936)",
+    },
+}  # fmt: skip
+AVERAGE_ROW_TOKENS = 200  # GSM8K rows with this tokenizer: packs per step = rows_per_step * 200 / max_length
 LR = 1e-4
+#: Dense bf16 peak FLOP/s by device name (a substring of torch.cuda.get_device_name()).
+PEAK_FLOPS = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
 CONFIGS = {
-    "lit_sft, packed (512-token sequences)": ("lit_sft", {"packing": True}),
+    "lit_sft, packed (max_length-token sequences)": ("lit_sft", {"packing": True}),
     "lit_sft, length-grouped padded": ("lit_sft", {"length_grouped": True}),
     "TRL SFTTrainer, default (padded)": ("trl", {}),
     "TRL SFTTrainer, group_by_length": ("trl", {"group_by_length": True}),
@@ -57,7 +86,43 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def prepare(work: str) -> tuple[str, str]:
+def packs_per_step(preset: dict) -> int:
+    return max(1, round(preset["rows_per_step"] * AVERAGE_ROW_TOKENS / preset["max_length"]))
+
+
+def attention_implementation() -> str:
+    if torch.cuda.is_available():
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def non_embedding_parameters(model_dir: str) -> int:
+    """Parameters that cost 6 FLOPs per token in training (the LM head counts; the embedding lookup not)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    embedding = model.get_input_embeddings().weight.numel()
+    total = sum(p.numel() for p in model.parameters())  # tied weights are counted once
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    return total if tied else total - embedding
+
+
+def peak_flops(override_tflops: float | None) -> float | None:
+    if override_tflops:
+        return override_tflops * 1e12
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
+def prepare(work: str, preset: dict) -> tuple[str, str]:
     """A tokenizer and a randomly initialised model, saved once and loaded by every run."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -68,10 +133,9 @@ def prepare(work: str) -> tuple[str, str]:
     )
     config = AutoConfig.for_model(
         "qwen2",
-        vocab_size=len(tokenizer),
+        **{"vocab_size": len(tokenizer), **preset["model"]},
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **MODEL,
     )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
@@ -79,7 +143,9 @@ def prepare(work: str) -> tuple[str, str]:
     return model_dir, tokenizer_dir
 
 
-def run_lit_sft(model_dir: str, options: dict, steps: int, warmup: int) -> dict:
+def run_lit_sft(
+    model_dir: str, options: dict, steps: int, warmup: int, preset: dict, args: argparse.Namespace
+) -> dict:
     from functools import partial
 
     from lightning.pytorch import Callback, Trainer, seed_everything
@@ -106,19 +172,24 @@ def run_lit_sft(model_dir: str, options: dict, steps: int, warmup: int) -> dict:
     seed_everything(0)
     module = SFTModule(
         model_name_or_path=model_dir,
+        attn_implementation=attention_implementation(),
+        gradient_checkpointing=args.gradient_checkpointing,
+        liger_kernels=args.liger,
+        loss_implementation="liger" if args.liger else "chunked",
         optimizer=partial(torch.optim.AdamW, lr=LR, weight_decay=0.0, fused=True),
         lr_scheduler=partial(WarmupDecayLR, schedule="constant"),
     )
-    data_options: dict = {"max_length": MAX_LENGTH, "truncation": "right", "shuffle": True}
+    max_length, rows = preset["max_length"], preset["rows_per_step"]
+    data_options: dict = {"max_length": max_length, "truncation": "right", "shuffle": True}
     accumulate = 1
     if options.get("packing"):
         # 8 GSM8K rows are ~1,600 tokens: three 512-token packs per step carry about as many.
-        data_options.update(packing=True, max_tokens_per_batch=MAX_LENGTH)
-        accumulate = 3
+        data_options.update(packing=True, max_tokens_per_batch=max_length)
+        accumulate = packs_per_step(preset)
     elif options.get("length_grouped"):
-        data_options.update(max_tokens_per_batch=ROWS_PER_STEP * 200)
+        data_options.update(max_tokens_per_batch=rows * AVERAGE_ROW_TOKENS)
     else:
-        data_options.update(batch_size=ROWS_PER_STEP)
+        data_options.update(batch_size=rows)
     data = SFTDataModule(
         train_files=TRAIN,
         tokenizer_name_or_path=model_dir,
@@ -132,6 +203,7 @@ def run_lit_sft(model_dir: str, options: dict, steps: int, warmup: int) -> dict:
         devices=1,
         max_steps=steps + warmup,
         accumulate_grad_batches=accumulate,
+        precision="bf16-mixed" if preset["bf16"] else "32-true",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -148,13 +220,17 @@ def run_lit_sft(model_dir: str, options: dict, steps: int, warmup: int) -> dict:
     }
 
 
-def run_trl(model_dir: str, options: dict, steps: int, warmup: int) -> dict:
+def run_trl(
+    model_dir: str, options: dict, steps: int, warmup: int, preset: dict, args: argparse.Namespace
+) -> dict:
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation=attention_implementation()
+    )
     raw = datasets.load_dataset("json", data_files=TRAIN, split="train")
     dataset = raw.map(
         lambda row: {
@@ -194,8 +270,8 @@ def run_trl(model_dir: str, options: dict, steps: int, warmup: int) -> dict:
     config = SFTConfig(
         output_dir=tempfile.mkdtemp(),
         max_steps=steps + warmup,
-        per_device_train_batch_size=3 if packing else ROWS_PER_STEP,  # 3 packs of 512 ~ 8 rows
-        max_length=MAX_LENGTH,
+        per_device_train_batch_size=packs_per_step(preset) if packing else preset["rows_per_step"],
+        max_length=preset["max_length"],
         learning_rate=LR,
         lr_scheduler_type="constant",
         weight_decay=0.0,
@@ -207,7 +283,9 @@ def run_trl(model_dir: str, options: dict, steps: int, warmup: int) -> dict:
         save_strategy="no",
         report_to=[],
         use_cpu=not torch.cuda.is_available(),
-        bf16=False,
+        bf16=preset["bf16"],
+        gradient_checkpointing=args.gradient_checkpointing,
+        use_liger_kernel=args.liger,
         seed=0,
         dataloader_num_workers=0,
     )
@@ -229,8 +307,12 @@ def single(args: argparse.Namespace) -> None:
     tool, options = CONFIGS[args.single]
     torch.set_num_threads(os.cpu_count() or 1)
     runner = run_lit_sft if tool == "lit_sft" else run_trl
-    result = runner(args.model_dir, options, args.steps, args.warmup)
+    result = runner(args.model_dir, options, args.steps, args.warmup, PRESETS[args.preset], args)
     result["peak_memory_mb"] = peak_memory_mb()
+    peak = peak_flops(args.peak_tflops)
+    if peak:
+        flops = 6 * non_embedding_parameters(args.model_dir) * result["tokens_per_second"]
+        result["mfu"] = flops / peak
     print("RESULT " + json.dumps(result))
 
 
@@ -256,6 +338,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="model size and precision")
+    parser.add_argument("--gradient_checkpointing", action="store_true", help="for both tools")
+    parser.add_argument("--liger", action="store_true", help="Liger kernels and loss for both tools (CUDA)")
+    parser.add_argument("--peak_tflops", type=float, help="the GPU's dense bf16 peak (default: by name)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
@@ -275,7 +361,8 @@ def main() -> None:
         return
 
     work = tempfile.mkdtemp(prefix="lit_sft_trl_")
-    model_dir, _ = prepare(work)
+    preset = PRESETS[args.preset]
+    model_dir, _ = prepare(work, preset)
     names = args.only or list(CONFIGS)
     results: dict[str, list[dict]] = {name: [] for name in names}
     for _ in range(args.repeats):
@@ -291,6 +378,11 @@ def main() -> None:
                 str(args.steps),
                 "--warmup",
                 str(args.warmup),
+                "--preset",
+                args.preset,
+                *(["--gradient_checkpointing"] if args.gradient_checkpointing else []),
+                *(["--liger"] if args.liger else []),
+                *(["--peak_tflops", str(args.peak_tflops)] if args.peak_tflops else []),
             ]
             done = subprocess.run(command, capture_output=True, text=True, cwd=os.path.dirname(__file__))
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -303,24 +395,29 @@ def main() -> None:
         return statistics.median(run[key] for run in results[name])
 
     trl_default = next((n for n in names if n.startswith("TRL") and "default" in n), None)
+    with_mfu = all("mfu" in run for name in names for run in results[name])
+    switches = "".join(
+        [", gradient checkpointing" if args.gradient_checkpointing else "", ", Liger" if args.liger else ""]
+    )
     lines = [
-        "GSM8K train, Qwen2-style model (hidden 256, 4 layers, BPE vocabulary 8,192, 7.4M parameters), "
-        f"max_length {MAX_LENGTH}, {ROWS_PER_STEP} rows per step, fused AdamW {LR} constant, fp32; {machine()}; "
+        f"GSM8K train, {preset['label']}, max_length {preset['max_length']}, {preset['rows_per_step']} rows per "
+        f"step, fused AdamW {LR} constant, {'bf16 autocast' if preset['bf16'] else 'fp32'}{switches}; {machine()}; "
         f"{args.steps} steps after {args.warmup} warm-up steps, median of {args.repeats} alternating runs, one process per run.",
         "",
-        "| configuration | trained tokens/s | real tokens/s | step time | peak memory | loss at last step | trained tokens/s vs TRL default |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| configuration | trained tokens/s | real tokens/s | step time | peak memory | loss at last step | "
+        f"trained tokens/s vs TRL default |{' MFU |' if with_mfu else ''}",
+        f"| --- | ---: | ---: | ---: | ---: | ---: | ---: |{' ---: |' if with_mfu else ''}",
     ]
     for name in names:
         ratio = (
-            median(name, "trained_tokens_per_second") / median(trl_default, "trained_tokens_per_second")
+            f"{median(name, 'trained_tokens_per_second') / median(trl_default, 'trained_tokens_per_second'):.2f}x"
             if trl_default
-            else float("nan")
+            else "n/a"
         )
         lines.append(
             f"| {name} | {median(name, 'trained_tokens_per_second'):,.0f} | {median(name, 'tokens_per_second'):,.0f} | "
             f"{median(name, 'step_seconds') * 1000:.0f} ms | {median(name, 'peak_memory_mb'):,.0f} MB | "
-            f"{median(name, 'loss'):.3f} | {ratio:.2f}x |"
+            f"{median(name, 'loss'):.3f} | {ratio} |" + (f" {median(name, 'mfu'):.1%} |" if with_mfu else "")
         )
     table = "\n".join(lines)
     print(table)
