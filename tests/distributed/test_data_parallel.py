@@ -96,3 +96,13 @@ def test_sequence_parallel_equals_the_unsplit_sequence(tmp_path, strategy: str, 
     # Generation switches back to unsplit attention: each rank decodes its own share of the questions.
     [path] = records.glob("step-*.jsonl")
     assert len(path.read_text().splitlines()) == 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_a_rank_with_a_padding_micro_batch_does_not_stall_an_untied_head(tmp_path, strategy: str) -> None:
+    """3 rows on 2 ranks: one rank's second micro-batch is padding (no targets). The untied LM head must
+    still get a gradient there, or DDP's all-reduce waits forever and FSDP2's reduce-scatter fails."""
+    write_jsonl(str(tmp_path / "train.jsonl"), arithmetic_rows(3))
+    done = run_distributed(tmp_path, strategy, False, batch_size=1, accumulate=1, extra=("--max_steps", "2"))
+    assert "model.lm_head.weight" in done["grads"]

@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--packing", action="store_true")
     parser.add_argument("--sequence_parallel", type=int, default=1)
     parser.add_argument("--attention", default="sdpa")
+    parser.add_argument("--max_steps", type=int, default=1)
     parser.add_argument("--gsm8k", help="also evaluate GSM8K-style accuracy at the end, writing records here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -85,7 +86,7 @@ def main() -> None:
         accelerator="cpu",
         devices=int(os.environ.get("WORLD_SIZE", "1")),
         strategy=strategy,
-        max_steps=1,
+        max_steps=args.max_steps,
         accumulate_grad_batches=args.accumulate,
         logger=False,
         enable_checkpointing=False,
