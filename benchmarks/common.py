@@ -6,7 +6,9 @@ import json
 import os
 import platform
 import statistics
+import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -64,3 +66,57 @@ def median_time(function: Callable[[], float], repeats: int) -> tuple[float, lis
     """Run ``function`` (which returns seconds) ``repeats`` times; the median and all the runs."""
     runs = [function() for _ in range(repeats)]
     return statistics.median(runs), runs
+
+
+def fit_and_time(module: Any, data: Any, steps: int, warmup: int, **trainer_kwargs: Any) -> dict[str, float]:
+    """Train ``module`` on ``data`` for ``warmup + steps`` optimizer steps with Lightning and report the last
+    ``steps``: real and trained tokens/s, median step time and the last step's loss.
+
+    A step is timed from its first micro-batch to its last (gradient accumulation included); its tokens
+    are counted when it completes (real tokens: the attention mask, or every position of a packed batch;
+    trained tokens: labels that are targets).
+    """
+    from lightning.pytorch import Callback, Trainer
+
+    class StepTimer(Callback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self.tokens = self.trained = 0
+            self.loss = float("nan")
+            self._start, self._pending = 0.0, (0, 0)
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if batch_idx % trainer.accumulate_grad_batches == 0:
+                self._start, self._pending = time.perf_counter(), (0, 0)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            mask = batch.get("attention_mask")
+            tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+            trained = int((batch["labels"][:, 1:] != -100).sum())
+            self._pending = (self._pending[0] + tokens, self._pending[1] + trained)
+            if (batch_idx + 1) % trainer.accumulate_grad_batches:
+                return  # inside gradient accumulation
+            self.loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
+            if trainer.global_step > warmup:
+                self.seconds.append(time.perf_counter() - self._start)
+                self.tokens += self._pending[0]
+                self.trained += self._pending[1]
+
+    timer = StepTimer()
+    trainer = Trainer(
+        max_steps=steps + warmup,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        **trainer_kwargs,
+    )
+    trainer.fit(module, datamodule=data)
+    seconds = sum(timer.seconds)
+    return {
+        "tokens_per_second": timer.tokens / seconds,
+        "trained_tokens_per_second": timer.trained / seconds,
+        "step_seconds": statistics.median(timer.seconds),
+        "loss": timer.loss,
+    }

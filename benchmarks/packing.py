@@ -16,13 +16,12 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 from functools import partial
 
 import numpy as np
 import torch
-from common import GSM8K, build_bpe_tokenizer, machine, read_jsonl
-from lightning.pytorch import Callback, Trainer, seed_everything
+from common import GSM8K, build_bpe_tokenizer, fit_and_time, machine, read_jsonl
+from lightning.pytorch import seed_everything
 
 from lit_sft import SFTDataModule, SFTModule
 from lit_sft.data.packing import fixed_size_batches, pack_best_fit_decreasing, padding_fraction
@@ -39,26 +38,6 @@ TINY = {
 }
 
 
-class StepTimer(Callback):
-    """Wall time and token counts of every optimizer step after ``warmup`` steps."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.seconds, self.tokens, self.trained = warmup, [], 0, 0
-        self._start = 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step > self.warmup:
-            self.seconds.append(time.perf_counter() - self._start)
-            mask = (
-                batch["attention_mask"] if "attention_mask" in batch else torch.ones_like(batch["input_ids"])
-            )
-            self.tokens += int(mask.sum())
-            self.trained += int((batch["labels"][:, 1:] != -100).sum())
-
-
 def train_throughput(tokenizer_dir: str, data_kwargs: dict, steps: int, warmup: int) -> dict[str, float]:
     seed_everything(0)
     module = SFTModule(
@@ -71,23 +50,7 @@ def train_throughput(tokenizer_dir: str, data_kwargs: dict, steps: int, warmup: 
         response_key="answer",
         **{"max_length": 1024, **data_kwargs},
     )
-    timer = StepTimer(warmup)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=steps + warmup,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    trainer.fit(module, datamodule=data)
-    seconds = sum(timer.seconds)
-    return {
-        "tokens_per_second": timer.tokens / seconds,
-        "trained_tokens_per_second": timer.trained / seconds,
-        "step_seconds": statistics.median(timer.seconds),
-    }
+    return fit_and_time(module, data, steps, warmup, accelerator="cpu")
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ import tempfile
 import time
 
 import torch
-from common import GSM8K, build_bpe_tokenizer, machine, read_jsonl
+from common import GSM8K, build_bpe_tokenizer, fit_and_time, machine, read_jsonl
 
 TRAIN = os.path.join(GSM8K, "train.jsonl")
 PRESETS: dict[str, dict] = {
@@ -148,26 +148,9 @@ def run_lit_sft(
 ) -> dict:
     from functools import partial
 
-    from lightning.pytorch import Callback, Trainer, seed_everything
+    from lightning.pytorch import seed_everything
 
     from lit_sft import SFTDataModule, SFTModule, WarmupDecayLR
-
-    class Timer(Callback):
-        def __init__(self) -> None:
-            self.step_start, self.seconds, self.trained, self.tokens, self.loss = 0.0, [], 0, 0, None
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            if batch_idx % trainer.accumulate_grad_batches == 0:
-                self.step_start = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if trainer.global_step > warmup:
-                self.trained += int((batch["labels"][:, 1:] != -100).sum())
-                mask = batch.get("attention_mask")
-                self.tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-            if (batch_idx + 1) % trainer.accumulate_grad_batches == 0 and trainer.global_step > warmup:
-                self.seconds.append(time.perf_counter() - self.step_start)
-            self.loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
 
     seed_everything(0)
     module = SFTModule(
@@ -197,27 +180,16 @@ def run_lit_sft(
         response_key="answer",
         **data_options,
     )
-    timer = Timer()
-    trainer = Trainer(
+    return fit_and_time(
+        module,
+        data,
+        steps,
+        warmup,
         accelerator="auto",
         devices=1,
-        max_steps=steps + warmup,
         accumulate_grad_batches=accumulate,
         precision="bf16-mixed" if preset["bf16"] else "32-true",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
     )
-    trainer.fit(module, datamodule=data)
-    seconds = sum(timer.seconds)
-    return {
-        "trained_tokens_per_second": timer.trained / seconds,
-        "tokens_per_second": timer.tokens / seconds,
-        "step_seconds": statistics.median(timer.seconds),
-        "loss": timer.loss,
-    }
 
 
 def run_trl(
