@@ -210,6 +210,19 @@ def write_parquet(path: str, rows: Sequence[dict[str, Any]]) -> str:
     return path
 
 
+def arithmetic_data(train_files: str, **kwargs: Any):
+    """An `SFTDataModule` over `arithmetic_rows` files (``question``/``answer`` columns, the byte tokenizer)."""
+    from lit_sft import SFTDataModule
+
+    return SFTDataModule(
+        train_files=train_files,
+        tokenizer_name_or_path=kwargs.pop("tokenizer_name_or_path", "builtin:byte-chatml"),
+        prompt_key="question",
+        response_key="answer",
+        **kwargs,
+    )
+
+
 def arithmetic_rows(count: int, start: int = 0) -> list[dict[str, str]]:
     """GSM8K-style rows of varied length (so that micro-batches hold different numbers of targets)."""
     rows = []

@@ -11,11 +11,11 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from lit_sft import SFTDataModule, SFTModule
+from lit_sft import SFTModule
 from lit_sft.callbacks import HFExport
 from lit_sft.cli import entry_point
 from lit_sft.model import LoraOptions
-from tests.helpers import arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
+from tests.helpers import arithmetic_data, arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
 
 INPUT = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
 
@@ -24,11 +24,9 @@ def train(tmp_path, callbacks=(), **kwargs) -> tuple[SFTModule, object]:
     kwargs.setdefault("model_config", tiny_model_config())
     kwargs.setdefault("tokenizer_name_or_path", "builtin:byte-chatml")
     module = SFTModule(optimizer=partial(torch.optim.AdamW, lr=1e-2), **kwargs)
-    data = SFTDataModule(
-        train_files=write_jsonl(str(tmp_path / "train.jsonl"), arithmetic_rows(8)),
+    data = arithmetic_data(
+        write_jsonl(str(tmp_path / "train.jsonl"), arithmetic_rows(8)),
         tokenizer_name_or_path=kwargs["tokenizer_name_or_path"],
-        prompt_key="question",
-        response_key="answer",
         batch_size=4,
     )
     trainer = quiet_trainer(max_steps=4, callbacks=list(callbacks), default_root_dir=str(tmp_path / "run"))

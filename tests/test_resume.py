@@ -10,9 +10,9 @@ import torch
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lit_sft import SFTDataModule, SFTModule
+from lit_sft import SFTModule
 from lit_sft.model import LoraOptions
-from tests.helpers import arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
+from tests.helpers import arithmetic_data, arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
 
 TOTAL_STEPS = 20  # 4 rows per micro-batch, 2 micro-batches per step: 8 rows per step
 
@@ -51,13 +51,7 @@ def run(tmp_path, data_kwargs: dict, ckpt_path: str | None = None, stop_at: int 
         optimizer=partial(torch.optim.AdamW, lr=3e-3),
         lora=lora,
     )
-    data = SFTDataModule(
-        train_files=str(tmp_path / "train.jsonl"),
-        tokenizer_name_or_path="builtin:byte-chatml",
-        prompt_key="question",
-        response_key="answer",
-        **data_kwargs,
-    )
+    data = arithmetic_data(str(tmp_path / "train.jsonl"), **data_kwargs)
     record = Record()
     callbacks = [record]
     if stop_at:

@@ -20,7 +20,7 @@ from lit_sft import SFTDataModule, SFTModule
 from lit_sft.callbacks import GSM8KEvaluation, HFExport
 from lit_sft.model import LoraOptions
 from lit_sft.strategies import FSDP2Strategy
-from tests.helpers import tiny_model_config
+from tests.helpers import arithmetic_data, tiny_model_config
 
 
 class Capture(Callback):
@@ -47,11 +47,8 @@ def build(args: argparse.Namespace) -> tuple[SFTModule, SFTDataModule]:
         lr_scheduler=None,
         optimizer=partial(torch.optim.SGD, lr=0.1),
     )
-    data = SFTDataModule(
-        train_files=args.data,
-        tokenizer_name_or_path="builtin:byte-chatml",
-        prompt_key="question",
-        response_key="answer",
+    data = arithmetic_data(
+        args.data,
         batch_size=args.batch_size,
         shuffle=False,
         **(

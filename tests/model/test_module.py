@@ -11,7 +11,7 @@ from lit_sft import SFTDataModule, SFTModule
 from lit_sft.data.collate import add_targets
 from lit_sft.errors import ConfigError
 from lit_sft.model import LoraOptions
-from tests.helpers import arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
+from tests.helpers import arithmetic_data, arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
 
 
 def tiny_module(**kwargs) -> SFTModule:
@@ -23,13 +23,7 @@ def tiny_module(**kwargs) -> SFTModule:
 def data(tmp_path, rows=None, **kwargs) -> SFTDataModule:
     path = write_jsonl(str(tmp_path / "train.jsonl"), rows or arithmetic_rows(8))
     kwargs.setdefault("shuffle", False)
-    return SFTDataModule(
-        train_files=path,
-        tokenizer_name_or_path="builtin:byte-chatml",
-        prompt_key="question",
-        response_key="answer",
-        **kwargs,
-    )
+    return arithmetic_data(path, **kwargs)
 
 
 class CaptureStep(Callback):

@@ -11,19 +11,11 @@ from lightning.pytorch import seed_everything
 from lit_sft import SFTDataModule, SFTModule
 from lit_sft.errors import ConfigError
 from lit_sft.model.hf import check_packed_attention
-from tests.helpers import arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
+from tests.helpers import arithmetic_data, arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
 
 
 def make_data(path: str, **kwargs) -> SFTDataModule:
-    dm = SFTDataModule(
-        train_files=path,
-        tokenizer_name_or_path="builtin:byte-chatml",
-        prompt_key="question",
-        response_key="answer",
-        shuffle=False,
-        max_length=128,
-        **kwargs,
-    )
+    dm = arithmetic_data(path, shuffle=False, max_length=128, **kwargs)
     dm.setup("fit")
     return dm
 
@@ -106,16 +98,7 @@ def test_the_packing_check_catches_a_model_that_ignores_row_boundaries() -> None
 
 def test_fit_with_packing_learns(tmp_path) -> None:
     path = write_jsonl(str(tmp_path / "train.jsonl"), arithmetic_rows(64))
-    dm = SFTDataModule(
-        train_files=path,
-        val_files=path,
-        tokenizer_name_or_path="builtin:byte-chatml",
-        prompt_key="question",
-        response_key="answer",
-        max_length=128,
-        packing=True,
-        max_tokens_per_batch=512,
-    )
+    dm = arithmetic_data(path, val_files=path, max_length=128, packing=True, max_tokens_per_batch=512)
     sft = SFTModule(
         model_config=tiny_model_config(),
         tokenizer_name_or_path="builtin:byte-chatml",

@@ -12,7 +12,7 @@ from lit_sft import SFTDataModule, SFTModule
 from lit_sft.errors import ConfigError, TrainingError
 from lit_sft.model import LoraOptions
 from lit_sft.model.hf import apply_dropout, hidden_state_path
-from tests.helpers import arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
+from tests.helpers import arithmetic_data, arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
 
 
 def module(**kwargs) -> SFTModule:
@@ -25,14 +25,7 @@ def module(**kwargs) -> SFTModule:
 
 def data(tmp_path, rows: int = 8, **kwargs) -> SFTDataModule:
     path = write_jsonl(str(tmp_path / "train.jsonl"), arithmetic_rows(rows))
-    dm = SFTDataModule(
-        train_files=path,
-        tokenizer_name_or_path="builtin:byte-chatml",
-        prompt_key="question",
-        response_key="answer",
-        shuffle=False,
-        **kwargs,
-    )
+    dm = arithmetic_data(path, shuffle=False, **kwargs)
     dm.setup("fit")
     return dm
 
