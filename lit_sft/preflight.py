@@ -72,12 +72,8 @@ def _vision_pairing(model: Any, datamodule: Any) -> list[str]:
             f"data {type(datamodule).__name__} yields images that {type(model).__name__} cannot read: set "
             "model.class_path to lit_sft.VisionSFTModule"
         ]
-    if vision_model and model.processor_kwargs and model.processor_kwargs != datamodule.processor_kwargs:
-        return [
-            f"model.processor_kwargs {model.processor_kwargs} differ from data.processor_kwargs "
-            f"{datamodule.processor_kwargs} (set them on the data module only)"
-        ]
-    return []
+    conflict = model.processor_kwargs_conflict(datamodule) if vision_model else None
+    return [conflict] if conflict else []
 
 
 def preflight(trainer: Any, model: Any, datamodule: Any) -> None:

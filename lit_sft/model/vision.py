@@ -111,16 +111,24 @@ class VisionSFTModule(ProcessorOwner, SFTModule):
         """``model_class`` imported, or ``AutoModelForImageTextToText``."""
         return import_class(self.model_class) if self.model_class else AutoModelForImageTextToText
 
+    def processor_kwargs_conflict(self, datamodule: Any) -> str | None:
+        """Why this module's ``processor_kwargs`` cannot go with ``datamodule``'s, or None."""
+        if self.processor_kwargs and self.processor_kwargs != datamodule.processor_kwargs:
+            return (
+                f"model.processor_kwargs {self.processor_kwargs} differ from data.processor_kwargs "
+                f"{datamodule.processor_kwargs}: set them on the data module only (images would be encoded "
+                "unlike the saved processor says)"
+            )
+        return None
+
     def setup(self, stage: str) -> None:
         """Take the data module's processor (the one the images were encoded with) for exports."""
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is None or not hasattr(datamodule, "processor_kwargs"):
             return
-        if self.processor_kwargs and self.processor_kwargs != datamodule.processor_kwargs:
-            raise ConfigError(
-                f"model.processor_kwargs {self.processor_kwargs} differ from data.processor_kwargs "
-                f"{datamodule.processor_kwargs}: images would be encoded unlike the saved processor says"
-            )
+        conflict = self.processor_kwargs_conflict(datamodule)
+        if conflict:
+            raise ConfigError(conflict)
         self._processor = datamodule.processor
         self.processor_kwargs = dict(datamodule.processor_kwargs)
         # Checkpoints rebuild this processor from hparams; the initial copy is what Lightning compares with

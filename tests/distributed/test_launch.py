@@ -88,17 +88,19 @@ def test_run_sft_sh_launches_two_processes_and_resumes(tmp_path) -> None:
     assert "Restoring states from the checkpoint path" in second.stdout + second.stderr
 
 
-def test_the_entry_point_leaves_the_process_group_before_exiting(tmp_path) -> None:
+def test_the_entry_point_leaves_the_process_group_before_exiting(tmp_path, monkeypatch) -> None:
     # A live group at interpreter exit lets one rank's transport threads abort on its peer's closed socket.
-    from lit_sft.cli import close_process_group
+    from lit_sft import cli
 
-    torch.distributed.init_process_group(
-        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
-    )
-    assert torch.distributed.is_initialized()
-    close_process_group()
+    def fit_that_joins_a_group(args: object = None) -> None:  # what Lightning leaves behind after fit
+        torch.distributed.init_process_group(
+            "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+        )
+
+    monkeypatch.setattr(cli, "main", fit_that_joins_a_group)
+    cli.entry_point(["fit"])
     assert not torch.distributed.is_initialized()
-    close_process_group()  # nothing to leave: a no-op
+    cli.close_process_group()  # nothing to leave: a no-op
 
 
 @pytest.mark.slow

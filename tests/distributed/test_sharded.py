@@ -51,8 +51,11 @@ def test_a_kill_while_saving_a_sharded_checkpoint_keeps_the_previous_one(tmp_pat
     kill = {"class_path": "tests.faults.injectors.KillInShardedSave", "init_args": {"nth": 4}}
     killed = fit(config(root, 3, callbacks=[kill], strategy=FSDP2), processes=2)
     assert killed.returncode != 0
-    meta = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt" / "meta.pt", weights_only=False)
-    assert meta["global_step"] == 3  # the complete previous checkpoint, not step 6's shards
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert (
+        checkpoints / "last.ckpt.saving"
+    ).is_dir()  # step 6's partial save sits beside last.ckpt, not in it
+    assert torch.load(checkpoints / "last.ckpt" / "meta.pt", weights_only=False)["global_step"] == 3
     resumed = fit(config(root, 3, strategy=FSDP2), "--ckpt_path", "last", processes=2)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     expected, actual = losses(reference), losses(root)
