@@ -187,8 +187,10 @@ class VisionSFTModule(ProcessorOwner, SFTModule):
         parameters = inspect.signature(base_model(self.model).forward).parameters
         return {name for name in VISION_INPUTS if name in parameters}
 
+    @functools.cached_property
     def _rope_index(self) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
-        """The model's ``get_rope_index`` (multimodal rotary positions), if it has one."""
+        """The model's ``get_rope_index`` (multimodal rotary positions), if it has one; looked up once, not
+        on every packed batch."""
         for module in base_model(self.model).modules():
             if callable(getattr(module, "get_rope_index", None)):
                 return module.get_rope_index
@@ -198,7 +200,7 @@ class VisionSFTModule(ProcessorOwner, SFTModule):
         inputs = super().model_inputs(batch)
         inputs.update({name: batch[name] for name in self._accepted_inputs if name in batch})
         if "row_lengths" in batch and "position_ids" in inputs:  # a packed batch
-            rope_index = self._rope_index()
+            rope_index = self._rope_index
             if rope_index is not None:
                 inputs["position_ids"] = packed_rope_positions(
                     rope_index,

@@ -141,7 +141,7 @@ def test_packed_rows_give_the_padded_loss(processor_dir, tmp_path, monkeypatch) 
             totals[packing] = model.compute_loss_sum(batch)
     torch.testing.assert_close(totals[True][0], totals[False][0], rtol=1e-5, atol=1e-4)
     assert int(totals[True][1]) == int(totals[False][1])
-    monkeypatch.setattr(VisionSFTModule, "_rope_index", lambda self: None)
+    monkeypatch.setattr(model, "_rope_index", None)  # as for a model without get_rope_index
     with torch.no_grad():
         unaware = model.compute_loss_sum(batch)[0]
     assert abs(float(unaware) - float(totals[False][0])) > 1e-3
