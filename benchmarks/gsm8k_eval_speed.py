@@ -23,8 +23,8 @@ import time
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from lit_sft.evaluation import evaluate_items, load_eval_set
-from lit_sft.tokenizer import load_tokenizer
+from lit_sft.gsm8k.evaluation import evaluate_items, load_eval_set
+from lit_sft.hub import load_tokenizer
 
 SIZES = {
     # Qwen2.5-0.5B's shape (vocabulary shrunk to the byte tokenizer's; the LM head is a small part of it).

@@ -24,7 +24,7 @@ from common import GSM8K, build_bpe_tokenizer, fit_and_time, machine, read_jsonl
 from lightning.pytorch import seed_everything
 
 from lit_sft import SFTDataModule, SFTModule
-from lit_sft.data.packing import fixed_size_batches, pack_best_fit_decreasing, padding_fraction
+from lit_sft.data.grouping import fixed_size_batches, pack_best_fit_decreasing, padding_fraction
 
 TINY = {
     "model_type": "qwen2",

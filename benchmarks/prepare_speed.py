@@ -19,7 +19,7 @@ import time
 from common import GSM8K, build_bpe_tokenizer, machine, median_time, read_jsonl
 
 from lit_sft.data import SFTDataModule
-from lit_sft.data.pipeline import RowTokenizer
+from lit_sft.data.splits import RowTokenizer
 
 TRAIN = os.path.join(GSM8K, "train.jsonl")
 

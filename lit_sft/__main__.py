@@ -1,6 +1,6 @@
 """``python -m lit_sft`` is ``lit-sft``."""
 
-from lit_sft.cli import entry_point
+from lit_sft.commands.fit import entry_point
 
 if __name__ == "__main__":
     entry_point()

@@ -1,51 +1,6 @@
-"""`AtomicCheckpointIO`: checkpoints written to a temporary file, flushed to disk, then renamed into place."""
+"""Compatibility: `AtomicCheckpointIO` moved to `lit_sft.training.checkpoint_io`; configs that name
+``lit_sft.checkpoint_io.AtomicCheckpointIO`` keep working."""
 
-from __future__ import annotations
+from lit_sft.training.checkpoint_io import AtomicCheckpointIO
 
-import os
-from typing import Any
-
-import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from typing_extensions import override
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saves checkpoints so that a file at the final path is always complete.
-
-    The checkpoint streams into ``<path>.tmp-<pid>`` in the same directory, is flushed and fsynced, and is
-    then renamed over ``<path>`` (atomic on POSIX filesystems): a run killed while writing leaves the
-    previous checkpoint (``last.ckpt`` included) intact and loadable. Lightning's default writer keeps a
-    second, in-memory copy of the whole checkpoint before writing it; this one streams, so a checkpoint
-    never needs twice its size in host memory. Local paths only (remote URLs use Lightning's writer).
-    """
-
-    @override
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        path = os.fspath(path)
-        if "://" in path:
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        temporary = f"{path}.tmp-{os.getpid()}"
-        try:
-            with open(temporary, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-        fsync_directory(directory)  # make the rename itself durable
-
-
-def fsync_directory(directory: str | os.PathLike[str]) -> None:
-    """Flush ``directory``'s entries (renames into it) to disk, on POSIX systems."""
-    if hasattr(os, "O_DIRECTORY"):
-        descriptor = os.open(directory, os.O_DIRECTORY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+__all__ = ["AtomicCheckpointIO"]

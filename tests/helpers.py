@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from lit_sft.tokenizer import _bytes_to_unicode
+from lit_sft.hub import _bytes_to_unicode
 
 # Qwen2.5's ChatML template: an implicit default system prompt, tools in the system turn, tool calls in
 # assistant turns, consecutive tool results grouped into one user turn.

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from lit_sft.cli import entry_point, main
+from lit_sft.commands.fit import entry_point, main
 from tests.helpers import write_jsonl
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -142,7 +142,7 @@ def test_other_exceptions_are_not_swallowed(monkeypatch) -> None:
     def broken(*_: object, **__: object) -> None:
         raise KeyError("a bug")
 
-    monkeypatch.setattr("lit_sft.cli.main", broken)
+    monkeypatch.setattr("lit_sft.commands.fit.main", broken)
     with pytest.raises(KeyError, match="a bug"):
         entry_point(["fit"])
 
@@ -183,7 +183,7 @@ def test_a_model_given_by_path_fits_with_its_hyperparameters_logged(tiny_model_d
 def test_a_tokenizer_without_a_chat_template_names_the_option_that_fixes_it(
     tmp_path, monkeypatch, capsys
 ) -> None:
-    from lit_sft.tokenizer import load_tokenizer
+    from lit_sft.hub import load_tokenizer
 
     plain = load_tokenizer("builtin:byte-chatml")
     template = plain.chat_template

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from lit_sft import SFTDataModule
-from lit_sft.cli import entry_point
+from lit_sft.commands.fit import entry_point
 from lit_sft.errors import ConfigError
 
 CORPUS = os.path.join(os.path.dirname(__file__), "corpus")

@@ -4,7 +4,7 @@ import json
 
 import yaml
 
-from lit_sft.cli import entry_point
+from lit_sft.commands.fit import entry_point
 from tests.helpers import arithmetic_rows, write_jsonl
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lit_sft.errors import RowError
-from lit_sft.evaluation import evaluate_items, load_eval_set, shard
-from lit_sft.metrics import GSM8KAccuracy
+from lit_sft.gsm8k.evaluation import evaluate_items, load_eval_set, shard
+from lit_sft.gsm8k.scoring import GSM8KAccuracy
 from tests.helpers import make_tokenizer, write_jsonl
 
 

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from lit_sft import SFTModule
 from lit_sft.callbacks import HFExport
-from lit_sft.cli import entry_point
+from lit_sft.commands.fit import entry_point
 from lit_sft.model import LoraOptions
 from tests.helpers import arithmetic_data, arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from lit_sft.generation import cut_at_stop, greedy_generate, left_pad, render_prompt, stop_token_ids
+from lit_sft.inference.generation import cut_at_stop, greedy_generate, left_pad, render_prompt, stop_token_ids
 from tests.helpers import make_tokenizer, tiny_model_config
 
 

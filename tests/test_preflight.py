@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lit_sft.cli import entry_point
+from lit_sft.commands.fit import entry_point
 
 QUICKSTART = os.path.join(os.path.dirname(__file__), "..", "configs", "quickstart.yaml")
 

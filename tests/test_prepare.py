@@ -5,8 +5,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from lit_sft import SFTDataModule, prepare
-from lit_sft.cli import entry_point
+from lit_sft import SFTDataModule
+from lit_sft.commands import prepare
+from lit_sft.commands.fit import entry_point
 from lit_sft.errors import ConfigError
 from tests.helpers import write_jsonl
 

@@ -18,8 +18,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from lit_sft.errors import ConfigError
-from lit_sft.evaluation import EvalSet, evaluate_items, load_eval_set, shard
-from lit_sft.metrics import GSM8KAccuracy
+from lit_sft.gsm8k.evaluation import EvalSet, evaluate_items, load_eval_set, shard
+from lit_sft.gsm8k.scoring import GSM8KAccuracy
 
 log = logging.getLogger("lit_sft")
 

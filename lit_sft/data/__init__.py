@@ -2,7 +2,7 @@
 
 from lit_sft.data.collate import PaddingCollator
 from lit_sft.data.datamodule import SFTDataModule
-from lit_sft.data.formats import Conversation, FormatOptions, row_to_conversation
+from lit_sft.data.conversation import Conversation, FormatOptions, row_to_conversation
 from lit_sft.data.sampler import MicroBatch, MicroBatchSampler
 from lit_sft.data.tokenize import IGNORE_INDEX, ConversationRenderer, TokenizeOptions
 

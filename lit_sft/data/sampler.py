@@ -1,7 +1,7 @@
 """The micro-batch plan: which rows form each micro-batch, on which rank, in which optimizer step.
 
 Micro-batches are ``batch_size`` rows (shuffled every epoch), or length-grouped batches under a token
-budget, or packed sequences under a token budget (see `lit_sft.data.packing`; their grouping is fixed
+budget, or packed sequences under a token budget (see `lit_sft.data.grouping`; their grouping is fixed
 and their order shuffled every epoch).
 
 The plan is computed identically on every rank from the row lengths and a seed, so each micro-batch can
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DistributedSampler
 
-from lit_sft.data.packing import fixed_size_batches, pack_best_fit_decreasing, token_budget_batches
+from lit_sft.data.grouping import fixed_size_batches, pack_best_fit_decreasing, token_budget_batches
 
 
 @dataclass(frozen=True)

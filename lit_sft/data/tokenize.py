@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from lit_sft.data.formats import Conversation
+from lit_sft.data.conversation import Conversation
 from lit_sft.errors import ConfigError, InvalidRow
 
 IGNORE_INDEX = -100

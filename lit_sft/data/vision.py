@@ -29,8 +29,8 @@ import torch
 
 from lit_sft.data.collate import PackedCollator, PaddingCollator
 from lit_sft.data.datamodule import SFTDataModule
-from lit_sft.data.formats import Conversation, FormatOptions, row_to_conversation
-from lit_sft.data.pipeline import (
+from lit_sft.data.conversation import Conversation, FormatOptions, row_to_conversation
+from lit_sft.data.splits import (
     IMAGE_TRUNCATED,
     NO_TRAINED_TOKENS,
     OK,
@@ -46,7 +46,7 @@ from lit_sft.data.tokenize import (
     truncate,
 )
 from lit_sft.errors import ConfigError, InvalidRow
-from lit_sft.processor import ProcessorOwner
+from lit_sft.hub import ProcessorOwner
 
 VISION_FEATURES = datasets.Features(
     {

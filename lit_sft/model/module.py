@@ -18,7 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from lit_sft.distributed import gradient_average_size
+from lit_sft.training.distributed import gradient_average_size
 from lit_sft.errors import ConfigError, TrainingError
 from lit_sft.model import sequence_parallel
 from lit_sft.model.hf import (
@@ -36,7 +36,7 @@ from lit_sft.model.loss import (
     token_loss_sum,
 )
 from lit_sft.model.scheduler import WarmupDecayLR
-from lit_sft.tokenizer import load_tokenizer
+from lit_sft.hub import load_tokenizer
 
 log = logging.getLogger("lit_sft")
 

@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedMode
 from lit_sft.errors import ConfigError
 from lit_sft.model.hf import base_model, import_class
 from lit_sft.model.module import SFTModule
-from lit_sft.processor import ProcessorOwner
+from lit_sft.hub import ProcessorOwner
 
 #: Submodule names of vision encoders across families (Qwen2-VL ``visual``, LLaVA ``vision_tower``...).
 VISION_TOWER_NAMES = ("visual", "vision_tower", "vision_model", "image_encoder")

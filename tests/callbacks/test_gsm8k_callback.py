@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 
 from lit_sft import SFTModule
 from lit_sft.callbacks import GSM8KEvaluation, RunSummary
-from lit_sft.data.synthetic import SyntheticGSM8KDataModule
+from lit_sft.gsm8k.synthetic import SyntheticGSM8KDataModule
 from lit_sft.model import LoraOptions
 from tests.helpers import quiet_trainer, tiny_model_config
 from tests.test_evaluation import oracle_generate

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lit_sft.data import SFTDataModule
-from lit_sft.data.pipeline import RowTokenizer
+from lit_sft.data.splits import RowTokenizer
 from lit_sft.errors import ConfigError, DataFileError, RowError
 from tests.helpers import arithmetic_rows, write_jsonl, write_parquet
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from lit_sft.data.formats import (
+from lit_sft.data.conversation import (
     FormatOptions,
     get_path,
     parse_tools,

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from lit_sft.data.gsm8k import extract_flexible, extract_strict, parse_gold, score
+from lit_sft.gsm8k.scoring import extract_flexible, extract_strict, parse_gold, score
 
 
 def read(path: str) -> list[dict]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lit_sft.data.packing import (
+from lit_sft.data.grouping import (
     fixed_size_batches,
     pack_best_fit_decreasing,
     padding_fraction,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lit_sft.data.formats import Conversation, FormatOptions, row_to_conversation
+from lit_sft.data.conversation import Conversation, FormatOptions, row_to_conversation
 from lit_sft.data.tokenize import (
     IGNORE_INDEX,
     ConversationRenderer,

@@ -12,7 +12,7 @@ import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch.strategies import Strategy
 
-from lit_sft.strategies import FSDP2Strategy, FSDPStrategyPreset, _by_name_policy, decoder_layer_names
+from lit_sft.training.strategies import FSDP2Strategy, FSDPStrategyPreset, _by_name_policy, decoder_layer_names
 from tests.helpers import tiny_model_config
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -66,7 +66,7 @@ def test_presets_find_the_decoder_layers_of_the_model() -> None:
 def test_run_sft_sh_launches_two_processes_and_resumes(tmp_path) -> None:
     from tests.faults.test_kill_and_resume import config
 
-    path = config(str(tmp_path / "cfg"), 2, strategy={"class_path": "lit_sft.strategies.FSDP2Strategy"})
+    path = config(str(tmp_path / "cfg"), 2, strategy={"class_path": "lit_sft.training.strategies.FSDP2Strategy"})
     env = {
         **os.environ,
         "NPROC_PER_NODE": "2",
@@ -90,7 +90,7 @@ def test_run_sft_sh_launches_two_processes_and_resumes(tmp_path) -> None:
 
 def test_the_entry_point_leaves_the_process_group_before_exiting(tmp_path, monkeypatch) -> None:
     # A live group at interpreter exit lets one rank's transport threads abort on its peer's closed socket.
-    from lit_sft import cli
+    from lit_sft.commands import fit as cli
 
     def fit_that_joins_a_group(args: object = None) -> None:  # what Lightning leaves behind after fit
         torch.distributed.init_process_group(

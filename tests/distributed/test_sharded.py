@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from tests.faults.test_kill_and_resume import TOTAL_STEPS, config, fit, losses
 
-FSDP2 = {"class_path": "lit_sft.strategies.FSDP2Strategy"}
+FSDP2 = {"class_path": "lit_sft.training.strategies.FSDP2Strategy"}
 EXPORT = {"class_path": "lit_sft.callbacks.HFExport"}
 PROBE = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
 

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from lit_sft import SFTDataModule, SFTModule
 from lit_sft.callbacks import GSM8KEvaluation, HFExport
 from lit_sft.model import LoraOptions
-from lit_sft.strategies import FSDP2Strategy
+from lit_sft.training.strategies import FSDP2Strategy
 from tests.helpers import arithmetic_data, tiny_model_config
 
 

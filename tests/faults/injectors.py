@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback
 
-from lit_sft.checkpoint_io import AtomicCheckpointIO
+from lit_sft.training.checkpoint_io import AtomicCheckpointIO
 
 
 class KillAt(Callback):

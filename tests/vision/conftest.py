@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lit_sft.processor import save_processor
+from lit_sft.hub import save_processor
 from tests.vision.helpers import load_saved_processor, make_processor
 
 

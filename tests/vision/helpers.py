@@ -15,7 +15,7 @@ from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from lit_sft.tokenizer import _bytes_to_unicode
+from lit_sft.hub import _bytes_to_unicode
 
 VISION_SPECIALS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>",

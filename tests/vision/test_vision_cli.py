@@ -12,11 +12,11 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from lit_sft import SFTDataModule, SFTModule
-from lit_sft.cli import main
+from lit_sft.commands.fit import main
 from lit_sft.data.vision import VisionSFTDataModule
 from lit_sft.errors import ConfigError
 from lit_sft.model.vision import VisionSFTModule
-from lit_sft.preflight import preflight
+from lit_sft.training.preflight import preflight
 from tests.helpers import quiet_trainer, write_parquet
 from tests.vision.helpers import colour_rows, image_png, vision_model_config
 

@@ -244,7 +244,7 @@ def test_an_unloadable_processor_is_a_config_error(tmp_path) -> None:
 
 
 def test_the_collator_pads_rows_without_images(processor_dir) -> None:
-    from lit_sft.processor import load_processor
+    from lit_sft.hub import load_processor
 
     processor = load_processor(processor_dir)
     batch = VisionCollator(processor, processor.tokenizer.pad_token_id)(

@@ -13,7 +13,7 @@ from transformers import AutoModelForImageTextToText, GenerationConfig
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLForConditionalGeneration
 
 from lit_sft.callbacks import HFExport
-from lit_sft.cli import entry_point
+from lit_sft.commands.fit import entry_point
 from lit_sft.data.vision import VisionSFTDataModule
 from lit_sft.errors import ConfigError
 from lit_sft.model import LoraOptions

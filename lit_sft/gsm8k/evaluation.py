@@ -14,11 +14,11 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from lit_sft.data.formats import FormatOptions, get_path, prompt_messages
-from lit_sft.data.gsm8k import score
-from lit_sft.data.loading import expand_specs, load_source
+from lit_sft.data.conversation import FormatOptions, get_path, prompt_messages
+from lit_sft.gsm8k.scoring import score
+from lit_sft.data.sources import expand_specs, load_source
 from lit_sft.errors import InvalidRow, RowError
-from lit_sft.generation import Prompt, greedy_generate, render_prompt, stop_token_ids
+from lit_sft.inference.generation import Prompt, greedy_generate, render_prompt, stop_token_ids
 
 
 @dataclass

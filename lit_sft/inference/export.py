@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 
 from lit_sft.errors import ConfigError
-from lit_sft.generation import stop_token_ids
+from lit_sft.inference.generation import stop_token_ids
 
 log = logging.getLogger("lit_sft")
 
@@ -40,7 +40,7 @@ def _finish(directory: str, model: Any, tokenizer: Any) -> None:
     """Tokenizer (or a vision model's processor), generation config, and ``use_cache`` back on for inference."""
     from transformers.processing_utils import ProcessorMixin
 
-    from lit_sft.processor import save_processor
+    from lit_sft.hub import save_processor
 
     if isinstance(tokenizer, ProcessorMixin):
         save_processor(tokenizer, directory)

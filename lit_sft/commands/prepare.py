@@ -19,9 +19,9 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lit_sft.data.formats import normalize_messages, parse_tools
-from lit_sft.data.gsm8k import extract_strict
-from lit_sft.data.loading import load_source
+from lit_sft.data.conversation import normalize_messages, parse_tools
+from lit_sft.gsm8k.scoring import extract_strict
+from lit_sft.data.sources import load_source
 from lit_sft.errors import ConfigError, InvalidRow
 
 #: The instruction verl appends to every GSM8K question.

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from lit_sft.data.datamodule import SFTDataModule
-from lit_sft.data.gsm8k import extract_strict
-from lit_sft.data.packing import pack_best_fit_decreasing, padding_fraction
-from lit_sft.data.pipeline import NO_TRAINED_TOKENS, OK, TokenizedSource, tokenize_sources
+from lit_sft.gsm8k.scoring import extract_strict
+from lit_sft.data.grouping import pack_best_fit_decreasing, padding_fraction
+from lit_sft.data.splits import NO_TRAINED_TOKENS, OK, TokenizedSource, tokenize_sources
 from lit_sft.data.sampler import MicroBatchSampler
 from lit_sft.data.tokenize import IGNORE_INDEX, truncate
 from lit_sft.errors import ConfigError, InvalidRow
@@ -178,7 +178,7 @@ def _padding_waste(lengths: np.ndarray, dm: SFTDataModule) -> dict[str, float]:
 
 def write_clean(path: str, report: SplitReport) -> int:
     """Write the split's rows minus duplicates and malformed rows (the source rows, unchanged)."""
-    from lit_sft.prepare import write_rows
+    from lit_sft.commands.prepare import write_rows
 
     rows = []
     for part, keep in report.keep:

@@ -20,8 +20,8 @@ import datasets
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from lit_sft.data.formats import FormatOptions, required_columns, resolve_format, row_to_conversation
-from lit_sft.data.loading import Source
+from lit_sft.data.conversation import FormatOptions, required_columns, resolve_format, row_to_conversation
+from lit_sft.data.sources import Source
 from lit_sft.data.tokenize import (
     IGNORE_INDEX,
     ConversationRenderer,
@@ -30,7 +30,7 @@ from lit_sft.data.tokenize import (
     truncate,
 )
 from lit_sft.errors import DataFileError, InvalidRow, RowError
-from lit_sft.tokenizer import tokenizer_fingerprint
+from lit_sft.hub import tokenizer_fingerprint
 
 log = logging.getLogger("lit_sft")
 

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from lit_sft.errors import ConfigError
-from lit_sft.evaluation import evaluate_items, load_eval_set
-from lit_sft.metrics import GSM8KAccuracy
-from lit_sft.tokenizer import load_tokenizer
+from lit_sft.gsm8k.evaluation import evaluate_items, load_eval_set
+from lit_sft.gsm8k.scoring import GSM8KAccuracy
+from lit_sft.hub import load_tokenizer
 
 
 def load_for_inference(

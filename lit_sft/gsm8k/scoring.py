@@ -1,4 +1,4 @@
-"""GSM8K answer extraction and scoring.
+"""GSM8K answer extraction and scoring, and the torchmetrics metric over it (`GSM8KAccuracy`).
 
 The official format ends a solution with ``#### <number>`` (OpenAI's grade-school-math release; commas in
 numbers are removed before comparing). Two extractions, as in lm-evaluation-harness and verl:
@@ -14,9 +14,13 @@ means invalid, never an error.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
+
+import torch
+from torchmetrics import Metric
 
 #: A number: optional minus, digits with optional thousands separators, optional decimals.
 NUMBER = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
@@ -88,3 +92,36 @@ def score(generation: str, gold: Any) -> GSM8KScore:
         strict_correct=reference is not None and _to_decimal(strict) == reference,
         flexible_correct=reference is not None and _to_decimal(flexible) == reference,
     )
+
+
+class GSM8KAccuracy(Metric):
+    """GSM8K accuracy with strict (``#### N``) and flexible (last number) extraction, synced across ranks.
+
+    ``update`` takes generations and their references (GSM8K solutions, bare numbers, or numbers);
+    ``compute`` returns ``{"strict", "flexible", "strict_invalid"}`` as
+    fractions of all items (``strict_invalid``: generations with no ``#### <number>``).
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name in ("strict", "flexible", "strict_invalid", "total"):
+            self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, generations: Sequence[str], references: Sequence[Any]) -> None:  # type: ignore[override]
+        scores = [score(text, reference) for text, reference in zip(generations, references, strict=True)]
+        self.strict += sum(item.strict_correct for item in scores)
+        self.flexible += sum(item.flexible_correct for item in scores)
+        self.strict_invalid += sum(item.strict_answer is None for item in scores)
+        self.total += len(scores)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        total = self.total.clamp(min=1).double()
+        return {
+            "strict": self.strict.double() / total,
+            "flexible": self.flexible.double() / total,
+            "strict_invalid": self.strict_invalid.double() / total,
+        }

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lit_sft.data.formats import Conversation
+from lit_sft.data.conversation import Conversation
 from lit_sft.data.tokenize import ConversationRenderer
 from lit_sft.errors import InvalidRow
 

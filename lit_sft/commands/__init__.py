@@ -1,0 +1,1 @@
+"""The ``lit-sft`` subcommands; ``fit`` holds the LightningCLI and the console script."""

@@ -1,0 +1,1 @@
+"""After training: batched greedy generation and Hugging Face export."""
