@@ -12,13 +12,33 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, Literal
+
+import torch
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from lit_sft.errors import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
+
+#: The dtype names options accept (``auto``: whatever the checkpoint or the training run holds).
+DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
+#: The one map from dtype names to torch dtypes.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str, option: str = "dtype") -> torch.dtype | None:
+    """The torch dtype named ``name``; None for ``auto``.
+
+    Raises:
+        ConfigError: For any other name, naming ``option``.
+    """
+    if name == "auto":
+        return None
+    if name not in DTYPES:
+        raise ConfigError(f"{option} must be one of auto, {', '.join(DTYPES)}; got {name!r}")
+    return DTYPES[name]
 
 #: ChatML as Qwen2.5 writes it, without an implicit system prompt (short sequences for the quickstart).
 BYTE_CHATML_TEMPLATE = (
