@@ -10,6 +10,7 @@ check answers, inspect lengths) as one command.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,9 @@ class SplitReport:
     padding_waste: dict[str, float] = field(default_factory=dict)
     example: str = ""
     gsm8k_unextractable: list[str] | None = None
+    split_rows: int = 0
+    template_losses: Counter = field(default_factory=Counter)
+    template_loss_examples: list[str] = field(default_factory=list)
     keep: list[tuple[TokenizedSource, np.ndarray]] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -52,6 +56,16 @@ class SplitReport:
         reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.malformed.items()))
         out.append(f"malformed rows: {sum(self.malformed.values())}" + (f" ({reasons})" if reasons else ""))
         out.extend(f"  {example}" for example in self.malformed_examples)
+        if self.split_rows:
+            out.append(
+                f"rows added by splitting conversations whose chat template rewrites history: {self.split_rows}"
+            )
+        kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(self.template_losses.items()))
+        out.append(
+            f"rows whose chat template drops content: {sum(self.template_losses.values())}"
+            + (f" ({kinds}; data.strict_template=true refuses them)" if kinds else "")
+        )
+        out.extend(f"  {example}" for example in self.template_loss_examples)
         for name, values in self.lengths.items():
             if len(values):
                 stats = ", ".join(f"p{p} {int(np.percentile(values, p))}" for p in PERCENTILES)
@@ -114,6 +128,18 @@ def check_split(
                     f"{error.file}, row {error.row}, field '{error.field}': {error.reason}"
                 )
         valid = np.flatnonzero((statuses == OK) | (statuses == NO_TRAINED_TOKENS))
+        source_rows, lost = part.source_rows, part.lost()
+        report.split_rows += len(valid) - len(np.unique(source_rows[valid]))
+        for position in valid[lost[valid] != ""]:
+            fields = str(lost[position]).split(", ")
+            report.template_losses.update(
+                {re.sub(r"\[\d+\]$", "", name.rsplit(".", 1)[-1]) for name in fields}
+            )
+            if len(report.template_loss_examples) < max_examples:
+                report.template_loss_examples.append(
+                    f"{part.source.name}, row {part.file_row(position)}: the template does not render "
+                    + ", ".join(f"'{name}'" for name in fields)
+                )
         keep = []
         columns = part.tokenized.select_columns(
             ["input_ids", "labels", "num_tokens", "prompt_length", "num_trained"]
@@ -145,7 +171,7 @@ def check_split(
             if "####" in response:
                 gsm8k_hits += 1
             if extract_strict(response) is None:
-                unextractable.append(f"{part.source.name}, row {int(part.rows[position])}")
+                unextractable.append(f"{part.source.name}, row {part.file_row(position)}")
             if not report.example and row["num_trained"]:
                 report.example = mark_trained(tokenizer, row["input_ids"], row["labels"])
         report.keep.append((part, np.asarray(keep, dtype=np.int64)))
@@ -182,7 +208,8 @@ def write_clean(path: str, report: SplitReport) -> int:
 
     rows = []
     for part, keep in report.keep:
-        selected = part.source.dataset.select(part.rows[keep]) if len(keep) else []
+        inputs = np.unique(part.source_rows[keep])  # a split conversation is one source row
+        selected = part.source.dataset.select(part.rows[inputs]) if len(keep) else []
         rows.extend(selected)
     write_rows(path, rows)
     return len(rows)

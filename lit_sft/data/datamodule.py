@@ -25,7 +25,7 @@ from lit_sft.data.splits import (
     tokenize_split,
 )
 from lit_sft.data.sampler import MicroBatchSampler
-from lit_sft.data.tokenize import TokenizeOptions, Truncation
+from lit_sft.data.tokenize import RewrittenTurns, TokenizeOptions, Truncation
 from lit_sft.training.distributed import data_parallel_layout
 from lit_sft.errors import ConfigError, DataFileError
 from lit_sft.hub import load_tokenizer
@@ -69,6 +69,12 @@ class SFTDataModule(LightningDataModule):
         max_response_length: Longest response; longer responses lose their end (or are rejected).
         truncation: ``left`` (keep the end), ``right`` (keep the start) or ``error`` (reject the row,
             naming it and its length). Rows left with no trained token are dropped and counted.
+        rewritten_turns: For chat templates that render an assistant turn differently once later messages
+            follow (Qwen3 strips earlier ``<think>`` blocks): ``split`` trains each such turn in a row that
+            ends with it, as the model writes it at inference (history repeated; the summary counts the
+            extra rows and tokens); ``error`` refuses the conversation.
+        strict_template: Refuse rows whose rendered text lacks content the data has (a tool call, reasoning
+            or content the template does not write) instead of keeping and counting them.
         val_ratio: Fraction of training rows held out for validation when there are no ``val_files``.
         max_train_samples: Use at most this many training rows (the first ones).
         max_val_samples: Use at most this many validation rows.
@@ -109,6 +115,8 @@ class SFTDataModule(LightningDataModule):
         max_prompt_length: int | None = None,
         max_response_length: int | None = None,
         truncation: Truncation = "error",
+        rewritten_turns: RewrittenTurns = "split",
+        strict_template: bool = False,
         val_ratio: float = 0.0,
         max_train_samples: int | None = None,
         max_val_samples: int | None = None,
@@ -160,6 +168,8 @@ class SFTDataModule(LightningDataModule):
             max_prompt_length=max_prompt_length,
             max_response_length=max_response_length,
             truncation=truncation,
+            rewritten_turns=rewritten_turns,
+            strict_template=strict_template,
         )
         self.template_kwargs = template_kwargs or {}
         self.val_ratio = val_ratio

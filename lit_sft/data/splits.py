@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,7 +36,7 @@ from lit_sft.hub import tokenizer_fingerprint
 log = logging.getLogger("lit_sft")
 
 #: Bump when the tokenized output changes for the same inputs, so that old caches are not reused.
-PIPELINE_VERSION = "3"
+PIPELINE_VERSION = "4"
 
 OK = "ok"
 NO_TRAINED_TOKENS = "no_trained_tokens"
@@ -57,6 +58,17 @@ TOKENIZED_FEATURES = datasets.Features(
         "error": datasets.Value("string"),
     }
 )
+#: What `RowTokenizer` writes: the above, plus where each row comes from and what its template dropped.
+TEXT_FEATURES = datasets.Features(
+    {
+        **TOKENIZED_FEATURES,
+        # The input row (position in the selected rows) this row comes from: a conversation whose template
+        # rewrites history can become several rows (`TokenizeOptions.rewritten_turns`).
+        "row": datasets.Value("int64"),
+        # Fields whose content the chat template did not render ("" for none); on a conversation's first row.
+        "lost": datasets.Value("string"),
+    }
+)
 
 
 class RowTokenizer:
@@ -73,7 +85,7 @@ class RowTokenizer:
     #: Number of batches tokenized in this process; tests use it to see the cache at work.
     calls = 0
     #: The map output's schema, and the columns besides ids, labels and counts that batches need.
-    features = TOKENIZED_FEATURES
+    features = TEXT_FEATURES
     extra_columns: tuple[str, ...] = ()
 
     def __init__(
@@ -110,22 +122,38 @@ class RowTokenizer:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_renderer": None}
 
-    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    def __call__(self, batch: dict[str, list[Any]], indices: list[int] | None = None) -> dict[str, list[Any]]:
         type(self).calls += 1
         if self._renderer is None:
-            self._renderer = ConversationRenderer(self.tokenizer, self.template_kwargs)
+            options = self.tokenize_options
+            self._renderer = ConversationRenderer(
+                self.tokenizer, self.template_kwargs, options.rewritten_turns, options.strict_template
+            )
         size = len(next(iter(batch.values()))) if batch else 0
+        indices = list(indices) if indices is not None else list(range(size))
         rows = [{key: values[i] for key, values in batch.items()} for i in range(size)]
-        out: dict[str, list[Any]] = {name: [None] * size for name in TOKENIZED_FEATURES}
-        rendered, rendered_at, fields = [], [], []
+        # One output row per input row, or several for a conversation split by `rewritten_turns`.
+        plan: list[tuple[int, Any]] = []  # (input row, its RenderedConversation or the InvalidRow)
         for i, row in enumerate(rows):
             try:
                 conversation = row_to_conversation(row, self.row_format, self.format_options)
-                rendered.append(self._renderer.render(conversation))
-                rendered_at.append(i)
-                fields.append(conversation.field)
+                plan.extend(
+                    (i, (conversation.field, item)) for item in self._renderer.render_rows(conversation)
+                )
             except InvalidRow as error:
-                self._fill(out, i, status=error.kind, error=f"{error.field}\t{error.reason}")
+                plan.append((i, error))
+        out: dict[str, list[Any]] = {name: [None] * len(plan) for name in TEXT_FEATURES}
+        rendered, rendered_at, fields = [], [], []
+        for k, (i, item) in enumerate(plan):
+            out["row"][k] = indices[i]
+            out["lost"][k] = ""
+            if isinstance(item, InvalidRow):
+                self._fill(out, k, status=item.kind, error=f"{item.field}\t{item.reason}")
+            else:
+                rendered_at.append(k)
+                fields.append(item[0])
+                rendered.append(item[1])
+                out["lost"][k] = item[1].lost
         for i, field_name, (input_ids, labels) in zip(
             rendered_at, fields, tokenize_rendered(self.tokenizer, rendered), strict=True
         ):
@@ -172,6 +200,12 @@ class SplitSummary:
         truncated: Kept rows that lost tokens to truncation.
         tokens: Tokens in kept rows.
         trained_tokens: Trained (label) tokens in kept rows.
+        split_rows: Rows added by splitting conversations whose template rewrites history (a
+            conversation made ``n`` rows adds ``n - 1``).
+        split_tokens: Tokens those added rows cost: kept tokens minus, for each conversation, its longest row.
+        template_losses: Kept conversations whose rendering lacks content of the data, by field kind
+            (``tool_calls``, ``content``, ``reasoning_content``).
+        template_loss_example: The first such row, as ``file, row N, field F``.
     """
 
     split: str
@@ -181,16 +215,32 @@ class SplitSummary:
     truncated: int = 0
     tokens: int = 0
     trained_tokens: int = 0
+    split_rows: int = 0
+    split_tokens: int = 0
+    template_losses: dict[str, int] = field(default_factory=dict)
+    template_loss_example: str = ""
 
     def line(self) -> str:
         """The one-line summary printed for the split."""
         total_dropped = sum(self.dropped.values())
         reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.dropped.items()))
         dropped = f"{total_dropped} dropped ({reasons})" if total_dropped else "0 dropped"
-        return (
+        line = (
             f"{self.split}: {self.rows_read} rows read, {self.kept} kept, {dropped}, {self.truncated} truncated, "
             f"{self.tokens} tokens, {self.trained_tokens} trained tokens"
         )
+        if self.split_rows:
+            line += (
+                f"; {self.split_rows} rows added by splitting conversations whose chat template rewrites history "
+                f"({self.split_tokens} tokens of repeated history)"
+            )
+        if self.template_losses:
+            kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(self.template_losses.items()))
+            line += (
+                f"; {sum(self.template_losses.values())} rows whose chat template drops content ({kinds}; "
+                f"first: {self.template_loss_example}; data.strict_template=true refuses them)"
+            )
+        return line
 
 
 def column(dataset: datasets.Dataset, name: str) -> np.ndarray:
@@ -235,20 +285,44 @@ class TokenizedSource:
     extra_columns: tuple[str, ...] = ()
 
     @property
+    def source_rows(self) -> np.ndarray:
+        """For each tokenized row, the position (into ``rows``) of the input row it comes from."""
+        if "row" in self.tokenized.column_names:
+            return self.tokenized.data.column("row").to_numpy()
+        return np.arange(len(self.tokenized))
+
+    def file_row(self, position: int) -> int:
+        """The row index in the source file of the tokenized row at ``position``."""
+        return int(self.rows[self.source_rows[position]])
+
+    def lost(self) -> np.ndarray:
+        """For each tokenized row, the fields whose content the template did not render ("" for none)."""
+        if "lost" in self.tokenized.column_names:
+            return self.tokenized.data.column("lost").to_numpy(zero_copy_only=False)
+        return np.full(len(self.tokenized), "", dtype=object)
+
+    @property
     def statuses(self) -> np.ndarray:
         # A fresh map output has no indices mapping, so its Arrow columns are in row order.
         return self.tokenized.data.column("status").to_numpy(zero_copy_only=False)
 
     def invalid(self) -> np.ndarray:
-        """Positions (into ``rows``) of malformed rows."""
+        """Positions (into ``tokenized``) of malformed rows."""
         statuses = self.statuses
         return np.flatnonzero((statuses != OK) & ~np.isin(statuses, DROPPED_NOT_INVALID))
 
     def row_error(self, position: int, more: str = "") -> RowError:
         """The error of the malformed row at ``position``, naming its file and row."""
         field_name, reason = self.tokenized[int(position)]["error"].split("\t", 1)
-        hint = "Fix the data, or set data.skip_invalid_rows=true to drop such rows and count them"
-        return RowError(self.source.name, int(self.rows[position]), field_name, reason + more, hint=hint)
+        status = self.statuses[position]
+        skip = "set data.skip_invalid_rows=true to drop such rows and count them"
+        hint = {
+            "template_not_prefix_stable": "Set data.rewritten_turns=split (the default), or " + skip,
+            "template_generation_prompt": "Set model.chat_template to a template that does, or " + skip,
+            "template_dropped_content": "Set data.strict_template=false to keep and count such rows, or "
+            + skip,
+        }.get(str(status), "Fix the data, or " + skip)
+        return RowError(self.source.name, self.file_row(position), field_name, reason + more, hint=hint)
 
 
 def tokenize_sources(
@@ -276,6 +350,7 @@ def tokenize_sources(
             features=row_tokenizer.features,
             new_fingerprint=fingerprint[:32],
             num_proc=num_proc if num_proc and num_proc > 1 else None,
+            with_indices="row" in row_tokenizer.features,
             desc=f"Tokenizing {source.name}",
         )
         results.append(TokenizedSource(source, rows, tokenized, row_tokenizer.extra_columns))
@@ -322,6 +397,7 @@ def tokenize_split(
         summary.rows_read += len(part.rows)
         summary.kept += len(keep)
         summary.truncated += int(part.tokenized.data.column("truncated").to_numpy()[keep].sum())
+        _count_splits_and_losses(summary, part, keep)
         if len(keep) == 0:
             continue
         kept = part.tokenized.select(keep) if len(keep) < len(part.tokenized) else part.tokenized
@@ -335,6 +411,29 @@ def tokenize_split(
     lengths, trained = column(dataset, "num_tokens"), column(dataset, "num_trained")
     summary.tokens, summary.trained_tokens = int(lengths.sum()), int(trained.sum())
     return dataset, summary
+
+
+def _count_splits_and_losses(summary: SplitSummary, part: TokenizedSource, keep: np.ndarray) -> None:
+    """Add a source's split conversations and template losses (over its kept rows) to the summary."""
+    if len(keep) == 0:
+        return
+    source_rows = part.source_rows[keep]
+    starts = np.flatnonzero(
+        np.r_[True, source_rows[1:] != source_rows[:-1]]
+    )  # rows of one input are adjacent
+    if len(starts) < len(keep):
+        lengths = part.tokenized.data.column("num_tokens").to_numpy()[keep].astype(np.int64)
+        summary.split_rows += len(keep) - len(starts)
+        summary.split_tokens += int(lengths.sum() - np.maximum.reduceat(lengths, starts).sum())
+    lost = part.lost()[keep]
+    losses = Counter(summary.template_losses)
+    for position in np.flatnonzero(lost != ""):
+        fields = str(lost[position]).split(", ")
+        losses.update({re.sub(r"\[\d+\]$", "", field.rsplit(".", 1)[-1]) for field in fields})
+        if not summary.template_loss_example:
+            row = part.file_row(int(keep[position]))
+            summary.template_loss_example = f"{part.source.name}, row {row}, field '{fields[0]}'"
+    summary.template_losses = dict(losses)
 
 
 def check_columns(source: Source, format_options: FormatOptions) -> Literal["prompt_response", "messages"]:
