@@ -82,3 +82,44 @@ def test_data_check_counts_what_truncation_error_would_reject(tmp_path, capsys) 
     # Percentiles are of the untruncated lengths: the longest row shows its full length.
     total_line = next(line for line in report.splitlines() if line.startswith("total tokens"))
     assert int(total_line.split("p100 ")[1].split(" ")[0]) > 300
+
+
+def test_data_check_counts_content_the_template_drops_and_split_conversations(tmp_path, capsys) -> None:
+    from tests.real_vocab import TEMPLATES
+
+    call = {"type": "function", "function": {"name": "lookup", "arguments": {"term": "apple"}}}
+    dropped = [
+        {"role": "user", "content": "Look up apple."},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "a fruit"},
+        {"role": "assistant", "content": "It is a fruit."},
+    ]
+    multi_turn = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "Goodbye."},
+    ]
+    train = write_jsonl(str(tmp_path / "train.jsonl"), [{"messages": dropped}, {"messages": multi_turn}])
+    for name, expected in [
+        (
+            "smollm2",
+            [
+                "rows whose chat template drops content: 1 (tool_calls: 1;",
+                "row 0: the template does not render 'messages[1].tool_calls[0]'",
+            ],
+        ),
+        (
+            "qwen3",
+            [
+                "rows added by splitting conversations whose chat template rewrites history: 2",
+                "rows whose chat template drops content: 0",
+            ],
+        ),
+    ]:
+        config = write_config(tmp_path, train)
+        template = str(TEMPLATES / f"{name}.jinja")
+        entry_point(["data", "check", "--config", config, "--model.init_args.chat_template", template])
+        report = capsys.readouterr().out
+        for line in expected:
+            assert line in report, report
