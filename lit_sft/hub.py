@@ -19,6 +19,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from lit_sft.errors import ConfigError
+from lit_sft.gguf import check_local_path, is_gguf, load_gguf_tokenizer
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -106,7 +107,7 @@ def load_tokenizer(
     """Load a tokenizer for SFT.
 
     Args:
-        name_or_path: A Hub id, a local directory, or ``builtin:byte-chatml``.
+        name_or_path: A Hub id, a local directory, a ``.gguf`` file, or ``builtin:byte-chatml``.
         chat_template: A Jinja chat template (text or file path) that replaces the tokenizer's own.
         trust_remote_code: Passed to ``AutoTokenizer.from_pretrained``.
 
@@ -121,7 +122,10 @@ def load_tokenizer(
                 f"unknown built-in tokenizer {name_or_path!r}; known: {sorted(BUILTIN_TOKENIZERS)}"
             )
         tokenizer = BUILTIN_TOKENIZERS[name]()
+    elif is_gguf(name_or_path):
+        tokenizer = load_gguf_tokenizer(name_or_path, trust_remote_code)
     else:
+        check_local_path(name_or_path, "tokenizer")
         try:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:

@@ -1,7 +1,7 @@
 """``lit-sft evaluate`` and ``lit-sft generate``: GSM8K accuracy and samples from a trained model.
 
-The model is a Hugging Face directory or Hub id (an exported model, or a peft adapter directory), or a
-Lightning checkpoint (``.ckpt``) written by ``lit-sft fit``.
+The model is a Hugging Face directory or Hub id (an exported model, or a peft adapter directory), a
+Lightning checkpoint (``.ckpt``) written by ``lit-sft fit``, or a GGUF file (``.gguf``, dequantized).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from lit_sft.errors import ConfigError
+from lit_sft.gguf import check_local_path, is_gguf, load_gguf_model
 from lit_sft.gsm8k.evaluation import evaluate_items, load_eval_set
 from lit_sft.gsm8k.scoring import GSM8KAccuracy
 from lit_sft.hub import load_tokenizer
@@ -48,9 +49,13 @@ def load_for_inference(
         )
         if torch_dtype != "auto":
             network = network.to(torch_dtype)
+    elif is_gguf(model):  # dequantized; tokenizer and chat template from the file
+        network = load_gguf_model(model, dtype=None if torch_dtype == "auto" else torch_dtype)
+        tokenizer = load_tokenizer(model, chat_template, trust_remote_code)
     else:
         from transformers import AutoModelForCausalLM
 
+        check_local_path(model)
         kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
         try:
             if os.path.isfile(os.path.join(model, "adapter_config.json")):

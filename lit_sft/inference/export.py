@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 
 from lit_sft.errors import ConfigError
+from lit_sft.gguf import is_gguf
 from lit_sft.inference.generation import stop_token_ids
 
 log = logging.getLogger("lit_sft")
@@ -85,7 +86,7 @@ def export_hf(
             adapter directory), or ``both`` (``out`` merged, ``out/adapter`` the adapter).
         dtype: Weight dtype of the export (``auto`` keeps the training dtype).
         base_model_name_or_path: Recorded in the adapter's config (where peft loads the base from). When the
-            base model has no such path (random initialisation), the base weights are written to
+            base model has no such path (random initialisation, or a ``.gguf`` file), the base weights are written to
             ``out/base`` and recorded instead.
 
     Returns:
@@ -111,7 +112,7 @@ def export_hf(
             adapter_dir = temporary if lora == "adapter" else os.path.join(temporary, "adapter")
             adapter = _cast(copy.deepcopy(model).cpu(), dtype)
             base_path = base_model_name_or_path
-            if base_path is None:  # no base to point at: ship the (randomly initialised) base weights
+            if base_path is None or is_gguf(base_path):  # no HF base to point at: ship the base weights
                 base = copy.deepcopy(adapter).unload()
                 base.save_pretrained(os.path.join(adapter_dir, "base"), safe_serialization=True)
                 _finish(os.path.join(adapter_dir, "base"), base, tokenizer)
@@ -155,8 +156,26 @@ def export_checkpoint(
     return written
 
 
+def export_model(model: str, out: str, dtype: ExportDType = "auto") -> list[str]:
+    """Write a model given as a ``.gguf`` file (dequantized) or a Hugging Face directory as an ordinary
+    Hugging Face directory (safetensors, tokenizer, chat template, generation config).
+
+    Args:
+        model: The ``.gguf`` file or model directory.
+        out: The output directory.
+        dtype: ``auto`` (float32 for GGUF), ``float32``, ``bfloat16`` or ``float16``.
+    """
+    from lit_sft.commands.evaluate import load_for_inference
+
+    network, tokenizer = load_for_inference(model, device="cpu", dtype=dtype)
+    written = export_hf(network, tokenizer, out, dtype=dtype)
+    print(f"exported {model} -> {', '.join(written)}")
+    return written
+
+
 def main(command: str, args: list[str]) -> None:
-    """``lit-sft export --ckpt … --out …``."""
+    """``lit-sft export --ckpt … --out …`` (a training checkpoint) or ``--model … --out …`` (a .gguf file)."""
     from jsonargparse import CLI
 
-    CLI(export_checkpoint, args=args, prog="lit-sft export", as_positional=False)
+    function = export_model if any(arg.split("=")[0] == "--model" for arg in args) else export_checkpoint
+    CLI(function, args=args, prog="lit-sft export", as_positional=False)

@@ -35,7 +35,8 @@ from lit_sft.model.loss import (
     target_positions,
     token_loss_sum,
 )
-from lit_sft.model.scheduler import WarmupDecayLR
+from lit_sft.model.scheduler import SFTAdamW, WarmupDecayLR
+from lit_sft.gguf import check_local_path, is_gguf, load_gguf_model
 from lit_sft.hub import load_tokenizer
 
 log = logging.getLogger("lit_sft")
@@ -139,9 +140,11 @@ class SFTModule(LightningModule):
         sequence_parallel_size: Split each packed sequence across this many ranks (Ulysses all-to-all
             attention), for sequences too long for one device; needs ``data.packing`` and head counts
             divisible by it. The ranks of a group share micro-batches.
-        optimizer: The optimizer, called with the trainable parameters.
+        optimizer: The optimizer, called with the trainable parameters. Default: AdamW with lr 2e-5 and no
+            weight decay (`SFTAdamW`; torch's own default lr of 1e-3 wrecks a pretrained model).
         lr_scheduler: The learning-rate scheduler, called with the optimizer (and ``total_steps`` when it
-            takes that argument, as `WarmupDecayLR` does); stepped every optimizer step.
+            takes that argument, as `WarmupDecayLR` does); stepped every optimizer step. Default: linear
+            warmup over the first 5 % of the steps, then cosine decay to 0.
     """
 
     def __init__(
@@ -162,7 +165,7 @@ class SFTModule(LightningModule):
         loss_chunk_size: int = 4096,
         skip_nonfinite_steps: int = 0,
         sequence_parallel_size: int = 1,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
+        optimizer: OptimizerCallable = SFTAdamW,
         lr_scheduler: LRSchedulerCallable | None = WarmupDecayLR,
     ) -> None:
         super().__init__()
@@ -237,7 +240,12 @@ class SFTModule(LightningModule):
     def build_model(self) -> PreTrainedModel:
         """Load or randomly initialise the Hugging Face model (before LoRA and checkpointing are applied)."""
         kwargs = self._load_kwargs()
+        if is_gguf(self.model_name_or_path):  # dequantized to model.dtype; tokenizer from the file
+            dropout = self.dropout
+            configure = None if dropout is None else functools.partial(apply_dropout, probability=dropout)
+            return load_gguf_model(self.model_name_or_path, configure, **kwargs)
         if self.model_name_or_path is not None:
+            check_local_path(self.model_name_or_path)
             try:
                 config = AutoConfig.from_pretrained(
                     self.model_name_or_path, trust_remote_code=self.trust_remote_code

@@ -73,3 +73,17 @@ def test_schedules_that_need_total_steps_say_so() -> None:
     with pytest.raises(Exception, match="needs total_steps"):
         WarmupDecayLR(optimizer, schedule="cosine")
     WarmupDecayLR(optimizer, schedule="constant", warmup_steps=3)  # needs none
+
+
+def test_the_default_optimizer_and_schedule_suit_a_pretrained_model() -> None:
+    """SFT defaults (lr 2e-5, 5 % warmup, cosine), not torch's pretraining lr of 1e-3."""
+    from lit_sft import SFTModule
+
+    module = SFTModule(model_config={"model_type": "qwen2"}, tokenizer_name_or_path="builtin:byte-chatml")
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = module.optimizer_factory([parameter])
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.defaults["lr"] == 2e-5 and optimizer.defaults["weight_decay"] == 0.0
+    scheduler = module.lr_scheduler_factory(optimizer, total_steps=200)
+    assert scheduler.warmup_steps == 10
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(2e-5 / 11)  # first warmup step
