@@ -322,3 +322,24 @@ def test_the_data_module_splits_counts_and_names_rows(tmp_path) -> None:
         RowError, match=r"row 2, field 'messages\[2\].tool_calls\[0\]'.*strict_template=false"
     ):
         module("smollm2", strict_template=True)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from lit_sft.hub import load_tokenizer
+    from tests.real_vocab import smollm2_gguf
+
+    tokenizer = load_tokenizer(str(smollm2_gguf()))  # tokenizer and template from the GGUF file
+    assert tokenizer.chat_template == template("smollm2")
+    marked = copy.copy(tokenizer)
+    marked.chat_template = template("smollm2_marked")
+    return tokenizer, marked
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(CONVERSATIONS) - TOOL_CONVERSATIONS - {"reasoning"}))
+def test_smollm2_masks_from_the_gguf_tokenizer_match_the_generation_marked_template(smollm2, name) -> None:
+    messages = CONVERSATIONS[name]
+    rows = our_rows(smollm2[0], messages)
+    assert len(rows) == 1
+    assert_exact(rows, reference_turns(*smollm2, messages))
