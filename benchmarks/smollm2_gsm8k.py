@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--gsm8k", default=GSM8K, help="A local GSM8K copy (train.jsonl, test.jsonl).")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rows", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--questions", type=int, default=50)
     parser.add_argument("--eval_batch_size", type=int, default=25)
     parser.add_argument("--max_new_tokens", type=int, default=256)

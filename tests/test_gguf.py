@@ -61,8 +61,9 @@ def test_a_model_marked_quantized_by_the_gguf_loader_saves_once_cleared(tmp_path
 
 @pytest.mark.slow
 def test_the_smollm2_recipe_fine_tunes_the_gguf_model_and_exports_it(tmp_path, gsm8k_dir) -> None:
-    """A few CPU steps of configs/smollm2-135m/gsm8k.yaml: the loss starts at a pretrained level (far below
-    ln V = 10.8) and falls on rows seen again; the export loads with from_pretrained and answers."""
+    """A few CPU steps of configs/smollm2-135m/gsm8k.yaml with LoRA: the loss starts at a pretrained level
+    (far below ln V = 10.8) and falls on rows seen again; the merged export loads with from_pretrained
+    and answers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lit_sft.commands import prepare
@@ -86,6 +87,10 @@ def test_the_smollm2_recipe_fine_tunes_the_gguf_model_and_exports_it(tmp_path, g
             "--trainer.limit_val_batches", "0",
             "--trainer.callbacks", "[]",
             "--trainer.default_root_dir", str(root),
+            # LoRA here (the recipe is full fine-tuning): a small, low-rank change that keeps what the model
+            # knows, so the export must still answer a plain question.
+            "--model.init_args.lora", "{r: 8, alpha: 16, target_modules: [q_proj, k_proj, v_proj, o_proj]}",
+            "--model.init_args.optimizer.init_args.lr", "2e-4",
         ]
     )  # fmt: skip
     [metrics] = glob.glob(str(root / "logs" / "version_*" / "metrics.csv"))
