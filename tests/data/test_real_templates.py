@@ -160,18 +160,33 @@ def reference_turns(original, marked, messages, tools=None, template_kwargs=None
     return turns
 
 
-def assert_exact(rows, turns):
-    """Every reference turn is trained exactly, in a row that holds its inference context; nothing else is."""
+def assert_exact(rows, turns, tokenizer=None):
+    """Every reference turn is trained exactly, in a row that holds its inference context; nothing else is.
+
+    One documented difference: a token that straddles the turn's start (it holds the generation prompt's
+    last newline and the content's first characters, as GPT-2-style pre-tokenizers make of "\n  Ça") is
+    not trained by lit_sft, as it holds prompt text; transformers' mask includes it. Given the tokenizer,
+    such a first token is accepted as untrained.
+    """
+    expected_total = 0
     for ids, start, end in turns:
+        if (
+            tokenizer is not None
+            and tokenizer.decode(ids[start]).startswith("\n")
+            and len(tokenizer.decode(ids[start])) > 1
+        ):
+            start += 1
+        expected_total += end - start
         matches = [
             labels
             for row_ids, labels in rows
             if row_ids[: len(ids)] == ids
-            and [k for k in range(start, len(ids)) if labels[k] != IGNORE_INDEX] == list(range(start, end))
+            and [k for k in range(start - 1, len(ids)) if labels[k] != IGNORE_INDEX]
+            == list(range(start, end))
         ]
         assert matches, f"no row trains the turn ending at token {end} as the reference does"
     trained = sum(sum(label != IGNORE_INDEX for label in labels) for _, labels in rows)
-    assert trained == sum(end - start for _, start, end in turns)
+    assert trained == expected_total
 
 
 def test_the_converted_qwen_vocabulary_matches_tiktoken_on_the_same_ranks(qwen3) -> None:
@@ -342,4 +357,4 @@ def test_smollm2_masks_from_the_gguf_tokenizer_match_the_generation_marked_templ
     messages = CONVERSATIONS[name]
     rows = our_rows(smollm2[0], messages)
     assert len(rows) == 1
-    assert_exact(rows, reference_turns(*smollm2, messages))
+    assert_exact(rows, reference_turns(*smollm2, messages), tokenizer=smollm2[0])
