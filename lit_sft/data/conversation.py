@@ -152,6 +152,21 @@ def _check_content(message: Mapping[str, Any], where: str, multimodal: bool = Fa
         raise InvalidRow(f"{where}.content", "content is empty", kind="invalid_content")
 
 
+def parse_tool_arguments(arguments: Any, field_name: str) -> Any:
+    """Tool-call arguments as templates expect them: a JSON string becomes its object (an empty string
+    none); anything else is returned as it is.
+
+    Raises:
+        InvalidRow: For a string that is not valid JSON, naming ``field_name``.
+    """
+    if not isinstance(arguments, str):
+        return arguments
+    try:
+        return json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError:
+        raise InvalidRow(field_name, "not valid JSON", kind="invalid_tool_call") from None
+
+
 def _normalize_tool_calls(calls: Any, where: str) -> list[dict[str, Any]]:
     """Tool calls as templates expect them: None-valued keys removed, JSON-string arguments parsed."""
     if not isinstance(calls, Sequence) or isinstance(calls, str | bytes):
@@ -166,16 +181,10 @@ def _normalize_tool_calls(calls: Any, where: str) -> list[dict[str, Any]]:
         function = call.get("function")
         if isinstance(function, Mapping):
             function = {key: value for key, value in function.items() if value is not None}
-            arguments = function.get("arguments")
-            if isinstance(arguments, str):
-                try:
-                    function["arguments"] = json.loads(arguments) if arguments.strip() else {}
-                except json.JSONDecodeError:
-                    raise InvalidRow(
-                        f"{where}.tool_calls[{index}].function.arguments",
-                        "not valid JSON",
-                        kind="invalid_tool_call",
-                    ) from None
+            if "arguments" in function:
+                function["arguments"] = parse_tool_arguments(
+                    function["arguments"], f"{where}.tool_calls[{index}].function.arguments"
+                )
             call["function"] = function
         normalized.append(call)
     return normalized

@@ -15,9 +15,9 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from lit_sft.data.conversation import FormatOptions, get_path, prompt_messages
-from lit_sft.gsm8k.scoring import score
 from lit_sft.data.sources import expand_specs, load_source
 from lit_sft.errors import InvalidRow, RowError
+from lit_sft.gsm8k.scoring import score
 from lit_sft.inference.generation import Prompt, greedy_generate, render_prompt, stop_token_ids
 
 

@@ -3,7 +3,8 @@
 ``export_hf`` writes ``save_pretrained`` weights, the tokenizer (with its chat template) and a generation
 config whose stop tokens are the template's end-of-turn tokens. LoRA is exported merged into the base
 weights (a plain model), as a peft adapter (``adapter_config.json`` with the trained ``lora_alpha``), or
-both. ``lit-sft export --ckpt … --out …`` converts a Lightning checkpoint.
+both. ``export_checkpoint`` converts a Lightning checkpoint (the ``lit-sft export`` command,
+`lit_sft.commands.export`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from typing import Any, Literal
 import torch
 
 from lit_sft.errors import ConfigError
+from lit_sft.hub import DTypeName, torch_dtype
 from lit_sft.inference.generation import stop_token_ids
 
 log = logging.getLogger("lit_sft")
 
 LoraExport = Literal["merged", "adapter", "both"]
-ExportDType = Literal["auto", "float32", "bfloat16", "float16"]
+ExportDType = DTypeName
 
 
 def _generation_config(model: Any, tokenizer: Any) -> Any:
@@ -60,9 +62,8 @@ def _finish(directory: str, model: Any, tokenizer: Any) -> None:
 
 
 def _cast(model: torch.nn.Module, dtype: ExportDType) -> torch.nn.Module:
-    if dtype == "auto":
-        return model
-    return model.to({"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype])
+    target = torch_dtype(dtype)
+    return model if target is None else model.to(target)
 
 
 def export_hf(
@@ -153,10 +154,3 @@ def export_checkpoint(
     )
     print(f"exported {ckpt} -> {', '.join(written)}")
     return written
-
-
-def main(command: str, args: list[str]) -> None:
-    """``lit-sft export --ckpt … --out …``."""
-    from jsonargparse import CLI
-
-    CLI(export_checkpoint, args=args, prog="lit-sft export", as_positional=False)

@@ -58,12 +58,16 @@ def test_token_budget_batches_group_similar_lengths_under_the_budget() -> None:
     assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
     assert all(len(b) * lengths[b].max() <= 1024 for b in batches)
     shuffled = fixed_size_batches(np.random.default_rng(2).permutation(1000), 8)
-    assert (
-        padding_fraction(lengths, batches, packed=False)
-        < 0.05
-        < padding_fraction(lengths, shuffled, packed=False)
+    assert padding_fraction(lengths, batches) < 0.05 < padding_fraction(lengths, shuffled)
+    # Padded batches: each row padded to its batch's longest (counted independently here).
+    computed = sum(len(b) * int(lengths[b].max()) for b in shuffled)
+    assert padding_fraction(lengths, shuffled) == pytest.approx(1 - lengths.sum() / computed)
+    # Packed into fixed 1024-token sequences: the padding is what the rows leave unfilled.
+    packs = pack_best_fit_decreasing(lengths, 1024)
+    assert padding_fraction(lengths, packs, budget=1024) == pytest.approx(
+        1 - lengths.sum() / (len(packs) * 1024)
     )
-    assert padding_fraction(lengths, pack_best_fit_decreasing(lengths, 1024), packed=True) == 0.0
+    assert 0 < padding_fraction(lengths, packs, budget=1024) < padding_fraction(lengths, shuffled)
 
 
 def test_fixed_size_batches() -> None:
