@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from lit_sft.commands.fit import entry_point, main
+from lit_sft.commands.fit import COMMANDS, entry_point, main
 from tests.helpers import write_jsonl
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -88,6 +88,28 @@ def test_help_documents_options_from_docstrings(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["fit", "--model.help", "lit_sft.SFTModule"])
     assert "Recompute activations in the backward pass" in capsys.readouterr().out
+
+
+def test_lit_sft_help_lists_every_command_with_its_one_line(capsys) -> None:
+    expected = ["fit", "validate", "evaluate", "generate", "prepare", "data check", "export"]
+    for argv, code in ((["--help"], 0), (["-h"], 0), ([], 2)):
+        with pytest.raises(SystemExit) as exit_info:
+            entry_point(argv)
+        assert exit_info.value.code == code
+        lines = capsys.readouterr().out.splitlines()
+        listed = lines[lines.index("commands:") + 1 :]
+        for line, name in zip(listed, expected, strict=True):
+            assert line.strip().startswith(name + "  ") and len(line.strip()) > len(name) + 10, line
+
+
+def test_every_listed_command_runs_its_own_parser(capsys) -> None:
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            entry_point([*command.name.split(), "--help"])
+        assert exit_info.value.code == 0, command.name
+        usage = capsys.readouterr().out.splitlines()[0].split()
+        assert usage[:2] == ["usage:", "lit-sft"], command.name
+        assert [word for word in usage if word in command.name.split()] == command.name.split(), usage
 
 
 def test_user_errors_print_one_line_without_a_traceback(tmp_path, monkeypatch, capsys) -> None:

@@ -3,13 +3,14 @@ from __future__ import annotations
 import json
 from functools import partial
 
+import datasets
 import pytest
 import torch
 
 from lit_sft import SFTModule
+from lit_sft.commands.evaluate import evaluate, generate, load_for_inference
 from lit_sft.commands.fit import entry_point
 from lit_sft.gsm8k.synthetic import SyntheticGSM8KDataModule
-from lit_sft.commands.evaluate import evaluate, load_for_inference
 from tests.helpers import quiet_trainer, tiny_model_config, write_jsonl
 
 QUESTIONS = [
@@ -75,3 +76,20 @@ def test_command_help_and_errors(capsys, tmp_path) -> None:
         entry_point(["evaluate", "--model", str(tmp_path / "missing.ckpt"), "--data", "x.jsonl"])
     assert exit_info.value.code == 2
     assert "lit-sft: error: no checkpoint at" in capsys.readouterr().err
+
+
+def test_evaluate_and_generate_both_read_the_hub_configuration_they_are_given(
+    tiny_model_dir, monkeypatch, capsys
+) -> None:
+    hub_reads = []
+
+    def load_dataset(path, name=None, split=None, cache_dir=None):  # the Hub, offline
+        hub_reads.append((path, name, split))
+        return datasets.Dataset.from_list(QUESTIONS)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    common = {"dataset_config_name": "main", "max_new_tokens": 2, "device": "cpu"}
+    records = generate(tiny_model_dir, "openai/gsm8k:test", num_samples=2, **common)
+    assert [r["question"] for r in records] == [q["question"] for q in QUESTIONS[:2]]
+    assert evaluate(tiny_model_dir, "openai/gsm8k:test", **common)["questions"] == 3
+    assert hub_reads == [("openai/gsm8k", "main", "test")] * 2
