@@ -88,3 +88,33 @@ def test_sequence_parallelism_needs_packing_and_a_divisible_world(tmp_path, monk
     err = run(["--model.init_args.sequence_parallel_size", "2"], capsys)
     assert "model.sequence_parallel_size > 1 splits packed sequences: set data.packing=true" in err
     assert "model.sequence_parallel_size=2 must divide the number of processes (1)" in err
+
+
+def test_callbacks_are_recognised_by_type_not_by_class_name(tmp_path) -> None:
+    from lightning.pytorch import Trainer
+
+    from lit_sft import SFTDataModule, SFTModule
+    from lit_sft.callbacks import GSM8KEvaluation
+    from lit_sft.errors import ConfigError
+    from lit_sft.training.preflight import preflight
+    from tests.helpers import arithmetic_rows, tiny_model_config, write_jsonl
+
+    class MyEvaluation(GSM8KEvaluation):  # a renamed subclass is still a GSM8K evaluation
+        pass
+
+    train = write_jsonl(str(tmp_path / "train.jsonl"), arithmetic_rows(2))
+    datamodule = SFTDataModule(train_files=train, tokenizer_name_or_path="builtin:byte-chatml")
+    model = SFTModule(model_config=tiny_model_config(), tokenizer_name_or_path="builtin:byte-chatml")
+    trainer = Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, default_root_dir=str(tmp_path)
+    )
+    preflight(trainer, model, datamodule)  # no evaluation callback: nothing to report
+    trainer = Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[MyEvaluation()],
+    )
+    with pytest.raises(ConfigError, match="GSM8KEvaluation has no questions"):
+        preflight(trainer, model, datamodule)

@@ -16,7 +16,7 @@ from lit_sft.data.collate import PackedCollator, PaddingCollator
 from lit_sft.data.conversation import AssistantTurns, FormatOptions, RowFormat
 from lit_sft.data.dataloader import MicroBatchDataset, ResumableDataLoader
 from lit_sft.data.sampler import MicroBatchSampler
-from lit_sft.data.sources import Source, expand_specs, load_source
+from lit_sft.data.sources import Source, expand_specs, is_local_path, load_source
 from lit_sft.data.splits import (
     RowTokenizer,
     SplitSummary,
@@ -196,8 +196,7 @@ class SFTDataModule(LightningDataModule):
         for key in ("train_files", "val_files"):
             try:
                 for spec in expand_specs(getattr(self, key)):
-                    local = spec.startswith((".", "/", "~")) or (os.sep in spec and os.path.splitext(spec)[1])
-                    if local and not os.path.exists(os.path.expanduser(spec)):
+                    if is_local_path(spec) and not os.path.exists(os.path.expanduser(spec)):
                         problems.append(f"data.{key}: {spec}: no such file")
             except DataFileError as error:
                 problems.append(f"data.{key}: {error}")

@@ -7,7 +7,8 @@ and their order shuffled every epoch).
 The plan is computed identically on every rank from the row lengths and a seed, so each micro-batch can
 carry the number of trained tokens of its *whole optimizer step* (all micro-batches, all ranks) without
 any communication. The loss divides by that number, which makes it a true per-token mean over the
-optimizer step whatever the micro-batch size, gradient accumulation or world size (design invariant 6).
+optimizer step: every trained token weighs the same whatever the micro-batch size, gradient
+accumulation or world size.
 
 Every rank gets the same number of micro-batches; when the rows do not divide evenly, the last ranks get
 padding micro-batches whose labels are all masked (weight 0), so no rank waits for another and no row is

@@ -49,6 +49,13 @@ def _builder_for(path: str) -> str | None:
     return None
 
 
+def is_local_path(spec: str) -> bool:
+    """Whether ``spec`` names a local file (or directory) rather than a Hub dataset id: it starts with ``.``,
+    ``/`` or ``~``, or ends in a data file ending (`BUILDERS`). Hub ids may contain dots
+    (``teknium/OpenHermes-2.5``), so a dot alone does not make a path."""
+    return spec.startswith((".", "/", "~")) or _builder_for(os.path.expanduser(spec)) is not None
+
+
 def expand_specs(specs: str | Sequence[str] | None) -> list[str]:
     """Expand globs in local paths; keep Hub ids and plain paths as they are, in order."""
     if specs is None:
@@ -110,7 +117,7 @@ def load_source(
         kwargs: dict = {"path": builder, "data_files": os.path.abspath(path), "split": "train"}
     elif os.path.isdir(path):
         kwargs = {"path": os.path.abspath(path), "split": default_split}
-    elif _builder_for(path) is not None or spec.startswith((".", "/", "~")):
+    elif is_local_path(spec):
         raise DataFileError(f"{spec}: no such file")
     else:
         name, _, split = spec.partition(":")

@@ -59,6 +59,14 @@ TOKENIZED_FEATURES = datasets.Features(
 )
 
 
+@dataclass
+class RejectedRow:
+    """A row `RowTokenizer` could not turn into a training example: why, and its length when it had one."""
+
+    error: InvalidRow
+    original_length: int = 0
+
+
 class RowTokenizer:
     """The ``datasets.map`` function: a batch of rows to token ids, labels and a status per row.
 
@@ -70,8 +78,6 @@ class RowTokenizer:
         template_kwargs: Extra chat-template variables.
     """
 
-    #: Number of batches tokenized in this process; tests use it to see the cache at work.
-    calls = 0
     #: The map output's schema, and the columns besides ids, labels and counts that batches need.
     features = TOKENIZED_FEATURES
     extra_columns: tuple[str, ...] = ()
@@ -110,54 +116,79 @@ class RowTokenizer:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_renderer": None}
 
-    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        type(self).calls += 1
+    @property
+    def renderer(self) -> ConversationRenderer:
+        """The chat-template renderer, built on first use (in each ``map`` worker process)."""
         if self._renderer is None:
             self._renderer = ConversationRenderer(self.tokenizer, self.template_kwargs)
+        return self._renderer
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         size = len(next(iter(batch.values()))) if batch else 0
         rows = [{key: values[i] for key, values in batch.items()} for i in range(size)]
-        out: dict[str, list[Any]] = {name: [None] * size for name in TOKENIZED_FEATURES}
+        out: dict[str, list[Any]] = {name: [] for name in self.features}
+        for result in self.tokenize_rows(rows):
+            record = self._rejected(result) if isinstance(result, RejectedRow) else self._kept(result)
+            for name in self.features:
+                out[name].append(record[name])
+        return out
+
+    def tokenize_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any] | RejectedRow]:
+        """Per row: its ``input_ids``, ``labels``, ``original_length``, ``truncated`` and `extra_columns`,
+        or why it was rejected. Text rows are tokenized together, which is much faster than one by one."""
+        results: list[Any] = [None] * len(rows)  # every row gets a record or a rejection below
         rendered, rendered_at, fields = [], [], []
         for i, row in enumerate(rows):
             try:
                 conversation = row_to_conversation(row, self.row_format, self.format_options)
-                rendered.append(self._renderer.render(conversation))
+                rendered.append(self.renderer.render(conversation))
                 rendered_at.append(i)
                 fields.append(conversation.field)
             except InvalidRow as error:
-                self._fill(out, i, status=error.kind, error=f"{error.field}\t{error.reason}")
+                results[i] = RejectedRow(error)
         for i, field_name, (input_ids, labels) in zip(
             rendered_at, fields, tokenize_rendered(self.tokenizer, rendered), strict=True
         ):
             try:
                 tokenized = truncate(input_ids, labels, self.tokenize_options, field_name)
             except InvalidRow as error:
-                self._fill(
-                    out, i, status=error.kind, error=f"{error.field}\t{error.reason}", length=len(input_ids)
-                )
+                results[i] = RejectedRow(error, original_length=len(input_ids))
                 continue
-            num_trained = tokenized.num_trained
-            out["input_ids"][i] = tokenized.input_ids
-            out["labels"][i] = tokenized.labels
-            out["num_tokens"][i] = len(tokenized.input_ids)
-            out["num_trained"][i] = num_trained
-            out["prompt_length"][i] = next(
-                (k for k, label in enumerate(tokenized.labels) if label != IGNORE_INDEX),
-                len(tokenized.labels),
-            )
-            out["original_length"][i] = tokenized.original_length
-            out["truncated"][i] = tokenized.truncated
-            out["status"][i] = OK if num_trained > 0 else NO_TRAINED_TOKENS
-            out["error"][i] = ""
-        return out
+            results[i] = {
+                "input_ids": tokenized.input_ids,
+                "labels": tokenized.labels,
+                "original_length": tokenized.original_length,
+                "truncated": tokenized.truncated,
+            }
+        return results
 
     @staticmethod
-    def _fill(out: dict[str, list[Any]], i: int, status: str, error: str, length: int = 0) -> None:
-        out["input_ids"][i], out["labels"][i] = [], []
-        out["num_tokens"][i] = out["num_trained"][i] = out["prompt_length"][i] = 0
-        out["original_length"][i] = length
-        out["truncated"][i] = False
-        out["status"][i], out["error"][i] = status, error
+    def _kept(record: dict[str, Any]) -> dict[str, Any]:
+        labels = record["labels"]
+        num_trained = sum(label != IGNORE_INDEX for label in labels)
+        return {
+            **record,
+            "num_tokens": len(record["input_ids"]),
+            "num_trained": num_trained,
+            "prompt_length": next(
+                (k for k, label in enumerate(labels) if label != IGNORE_INDEX), len(labels)
+            ),
+            "status": OK if num_trained > 0 else NO_TRAINED_TOKENS,
+            "error": "",
+        }
+
+    def _rejected(self, rejected: RejectedRow) -> dict[str, Any]:
+        error = rejected.error
+        return {
+            **{name: [] for name in ("input_ids", "labels", *self.extra_columns)},
+            "num_tokens": 0,
+            "num_trained": 0,
+            "prompt_length": 0,
+            "original_length": rejected.original_length,
+            "truncated": False,
+            "status": error.kind,
+            "error": f"{error.field}\t{error.reason}",
+        }
 
 
 @dataclass

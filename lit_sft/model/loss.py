@@ -1,7 +1,8 @@
 """Token-level loss and its normalisation.
 
 The training loss of an optimizer step is the sum of the token losses over every target token of the
-step (all micro-batches, all ranks) divided by the number of those tokens (design invariant 6). Each
+step (all micro-batches, all ranks) divided by the number of those tokens, so that every trained token
+weighs the same whatever the micro-batch size, gradient accumulation or world size. Each
 micro-batch therefore returns a *sum*; `step_normalized_loss` scales it so that, after Lightning divides
 by ``accumulate_grad_batches`` and DDP/FSDP average gradients over ranks, the gradient is exactly that of
 the step's per-token mean. Averaging per-micro-batch means instead (what transformers did until 2024 and
