@@ -18,6 +18,7 @@ from lit_sft.errors import ConfigError
 from lit_sft.gsm8k.evaluation import EvalSet, evaluate_items, load_eval_set
 from lit_sft.gsm8k.scoring import GSM8KAccuracy
 from lit_sft.hub import load_tokenizer, torch_dtype
+from lit_sft.io import atomic_write
 
 
 def load_for_inference(
@@ -159,8 +160,7 @@ def evaluate(
         questions=float(len(records)), prompts_truncated=float(eval_set.num_truncated), seconds=seconds
     )
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w", encoding="utf-8") as handle:
+        with atomic_write(out) as handle:
             for record in records:
                 handle.write(json.dumps(record, default=str) + "\n")
     print(
