@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lit_sft.data.tokenize import IGNORE_INDEX
+from lit_sft.batch import IGNORE_INDEX
 
 
 class PaddingCollator:

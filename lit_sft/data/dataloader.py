@@ -9,9 +9,9 @@ import datasets
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lit_sft.batch import IGNORE_INDEX
 from lit_sft.data.collate import PackedCollator, PaddingCollator, add_targets
 from lit_sft.data.sampler import MicroBatch, MicroBatchSampler
-from lit_sft.data.tokenize import IGNORE_INDEX
 
 
 class MicroBatchDataset(Dataset):

@@ -27,6 +27,7 @@ from typing import Any
 import datasets
 import torch
 
+from lit_sft.batch import IGNORE_INDEX
 from lit_sft.data.collate import PackedCollator, PaddingCollator
 from lit_sft.data.datamodule import SFTDataModule
 from lit_sft.data.conversation import Conversation, FormatOptions, row_to_conversation
@@ -39,7 +40,6 @@ from lit_sft.data.splits import (
     check_columns,
 )
 from lit_sft.data.tokenize import (
-    IGNORE_INDEX,
     ConversationRenderer,
     TokenizeOptions,
     tokenize_rendered,

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lit_sft.data.tokenize import IGNORE_INDEX
+from lit_sft.batch import IGNORE_INDEX
 from lit_sft.errors import ConfigError
 
 _GROUPS: dict[int, Any] = {}

@@ -16,8 +16,8 @@ from lit_sft.callbacks import HFExport
 from lit_sft.commands.fit import entry_point
 from lit_sft.data.vision import VisionSFTDataModule
 from lit_sft.errors import ConfigError
-from lit_sft.model import LoraOptions
-from lit_sft.model.module import load_module
+from lit_sft.model import LoraOptions, LossOptions
+from lit_sft.model.build import load_module
 from lit_sft.model.vision import VisionSFTModule, vision_tower_modules
 from tests.helpers import quiet_trainer, write_jsonl
 from tests.vision.helpers import colour_rows, load_saved_processor, vision_model_config
@@ -111,7 +111,7 @@ def test_chunked_and_plain_losses_agree_on_image_batches(processor_dir, tmp_path
     [batch] = list(datamodule.train_dataloader())
     results = []
     for implementation in ("chunked", "plain"):
-        model = module(processor_dir, loss_implementation=implementation, loss_chunk_size=7)
+        model = module(processor_dir, loss=LossOptions(implementation=implementation, chunk_size=7))
         model.configure_model()
         results.append(model.compute_loss_sum(batch))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
