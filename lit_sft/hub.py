@@ -24,7 +24,11 @@ BUILTIN_PREFIX = "builtin:"
 #: The dtype names options accept (``auto``: whatever the checkpoint or the training run holds).
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 #: The one map from dtype names to torch dtypes.
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 def torch_dtype(name: str, option: str = "dtype") -> torch.dtype | None:
@@ -38,6 +42,7 @@ def torch_dtype(name: str, option: str = "dtype") -> torch.dtype | None:
     if name not in DTYPES:
         raise ConfigError(f"{option} must be one of auto, {', '.join(DTYPES)}; got {name!r}")
     return DTYPES[name]
+
 
 #: ChatML as Qwen2.5 writes it, without an implicit system prompt (short sequences for the quickstart).
 BYTE_CHATML_TEMPLATE = (
@@ -226,7 +231,9 @@ class TokenizerOwner:
         if self._tokenizer is None:
             if not self.tokenizer_name_or_path:
                 raise ConfigError(self._no_tokenizer_path)
-            self._tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.chat_template, self.trust_remote_code)
+            self._tokenizer = load_tokenizer(
+                self.tokenizer_name_or_path, self.chat_template, self.trust_remote_code
+            )
         return self._tokenizer
 
 

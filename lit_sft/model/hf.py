@@ -20,6 +20,7 @@ from lit_sft.errors import ConfigError
 
 log = logging.getLogger("lit_sft")
 
+
 def base_model(model: torch.nn.Module) -> torch.nn.Module:
     """The Hugging Face model inside a peft wrapper (the model itself otherwise)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model

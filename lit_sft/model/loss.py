@@ -63,7 +63,6 @@ class LossOptions:
     chunk_size: int = 4096
 
 
-
 def token_loss_sum(
     logits: torch.Tensor, labels: torch.Tensor, shifted: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,7 +259,9 @@ def select_loss(
             )
         loss = PlainLoss(forward, model_inputs)
     elif options.implementation == "liger":
-        loss = LigerLoss(path, model_inputs, getattr(base_model(model).config, "final_logit_softcapping", None))
+        loss = LigerLoss(
+            path, model_inputs, getattr(base_model(model).config, "final_logit_softcapping", None)
+        )
     else:
         loss = ChunkedLoss(path, model_inputs, options.chunk_size)
     if sequence_parallel_size > 1:

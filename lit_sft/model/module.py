@@ -156,7 +156,9 @@ class SFTModule(TokenizerOwner, LightningModule):
                 f"model.loss.implementation must be chunked, plain or liger; got {loss_options.implementation!r}"
             )
         if loss_options.chunk_size < 1 or skip_nonfinite_steps < 0:
-            raise ConfigError("model.loss.chunk_size must be positive and model.skip_nonfinite_steps not negative")
+            raise ConfigError(
+                "model.loss.chunk_size must be positive and model.skip_nonfinite_steps not negative"
+            )
         if sequence_parallel_size < 1:
             raise ConfigError("model.sequence_parallel_size must be at least 1")
         self.save_hyperparameters(
@@ -201,12 +203,18 @@ class SFTModule(TokenizerOwner, LightningModule):
 
     # ----------------------------------------------------------------------------------------- model
     def _load_kwargs(self) -> dict[str, Any]:
-        return load_kwargs(self.dtype_name, self.attn_implementation, self.trust_remote_code, self.model_kwargs)
+        return load_kwargs(
+            self.dtype_name, self.attn_implementation, self.trust_remote_code, self.model_kwargs
+        )
 
     def build_model(self) -> PreTrainedModel:
         """Load or randomly initialise the Hugging Face model (before LoRA and checkpointing are applied)."""
         return build_causal_lm(
-            self.model_name_or_path, self.model_config, lambda: self.tokenizer, self.dropout, self._load_kwargs()
+            self.model_name_or_path,
+            self.model_config,
+            lambda: self.tokenizer,
+            self.dropout,
+            self._load_kwargs(),
         )
 
     def _lora_config_kwargs(self) -> dict[str, Any]:

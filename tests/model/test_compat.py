@@ -64,17 +64,25 @@ def test_the_old_flat_loss_options_still_work_and_say_the_new_name(caplog) -> No
 
 
 def test_old_and_new_loss_options_together_are_refused() -> None:
-    with pytest.raises(ConfigError, match="model.loss_chunk_size is now model.loss.chunk_size: set model.loss only"):
+    with pytest.raises(
+        ConfigError, match=r"model\.loss_chunk_size is now model\.loss\.chunk_size: set model\.loss only"
+    ):
         SFTModule(model_config=tiny_model_config(), loss=LossOptions(), loss_chunk_size=8)
 
 
 def test_a_yaml_with_the_old_flat_names_still_builds_the_same_model(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     old = tmp_path / "old.yaml"
-    old.write_text(yaml.safe_dump({"model": {"init_args": {"loss_implementation": "chunked", "loss_chunk_size": 16}}}))
+    old.write_text(
+        yaml.safe_dump({"model": {"init_args": {"loss_implementation": "chunked", "loss_chunk_size": 16}}})
+    )
     new = tmp_path / "new.yaml"
     new.write_text(yaml.safe_dump({"model": {"init_args": {"loss": {"chunk_size": 16}}}}))
     modules = [main(["--config", QUICKSTART, "--config", str(path)], run=False).model for path in (old, new)]
-    assert modules[0].loss_options == modules[1].loss_options == LossOptions(implementation="chunked", chunk_size=16)
+    assert (
+        modules[0].loss_options
+        == modules[1].loss_options
+        == LossOptions(implementation="chunked", chunk_size=16)
+    )
     modules[0].configure_model()
     assert isinstance(modules[0].token_loss, ChunkedLoss) and modules[0].token_loss.chunk_size == 16

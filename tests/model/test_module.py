@@ -99,7 +99,8 @@ def test_a_micro_batch_without_targets_still_gives_every_parameter_a_gradient(
     """Ranks that run out of rows get a fully masked micro-batch; DDP waits for every parameter's gradient
     (an untied LM head included) on every rank."""
     module = tiny_module(
-        model_config=tiny_model_config(tie_word_embeddings=False), loss=LossOptions(implementation=implementation)
+        model_config=tiny_model_config(tie_word_embeddings=False),
+        loss=LossOptions(implementation=implementation),
     )
     module.configure_model()
     batch = first_batch(tmp_path)
