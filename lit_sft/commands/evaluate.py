@@ -39,7 +39,7 @@ def load_for_inference(
     if torch_dtype is None:
         raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16; got {dtype!r}")
     if model.endswith(".ckpt"):
-        from lit_sft.model.module import load_module
+        from lit_sft.model.build import load_module
 
         module = load_module(model)
         network = module.model

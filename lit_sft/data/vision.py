@@ -27,7 +27,7 @@ from typing import Any
 import datasets
 import torch
 
-from lit_sft.batch import IGNORE_INDEX
+from lit_sft.batch import IGNORE_INDEX, VisionBatch
 from lit_sft.data.collate import PackedCollator, PaddingCollator
 from lit_sft.data.datamodule import SFTDataModule
 from lit_sft.data.conversation import Conversation, FormatOptions, row_to_conversation
@@ -315,7 +315,7 @@ class VisionCollator:
         labels: Sequence[Sequence[int]],
         mm_token_type_ids: Sequence[Sequence[int]],
         images: Sequence[Sequence[bytes]],
-    ) -> dict[str, Any]:
+    ) -> VisionBatch:
         from PIL import Image
 
         batch = self.text(input_ids, labels)
