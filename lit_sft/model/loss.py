@@ -15,6 +15,7 @@ split across ranks.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,6 +29,8 @@ from lit_sft.errors import ConfigError
 from lit_sft.model import sequence_parallel
 from lit_sft.model.hf import HiddenStatePath, base_model, hidden_state_path
 
+log = logging.getLogger("lit_sft")
+
 LossImplementation = Literal["chunked", "plain", "liger"]
 #: Turns a batch into the model's inputs besides ``input_ids`` (`SFTModule.model_inputs`).
 ModelInputs = Callable[[TextBatch], dict[str, Any]]
@@ -40,6 +43,7 @@ __all__ = [
     "SequenceParallelLoss",
     "TokenLoss",
     "chunked_cross_entropy_sum",
+    "resolve_loss_options",
     "select_loss",
     "step_normalized_loss",
     "target_positions",
@@ -61,6 +65,28 @@ class LossOptions:
 
     implementation: LossImplementation = "chunked"
     chunk_size: int = 4096
+
+
+def resolve_loss_options(
+    loss: LossOptions | dict[str, Any] | None, implementation: str | None, chunk_size: int | None
+) -> LossOptions:
+    """``loss`` as `LossOptions`, or built from the old flat options (configs and checkpoints from before
+    they were grouped), which still work.
+
+    Raises:
+        ConfigError: When both ``loss`` and an old flat option are set.
+    """
+    old = {"implementation": implementation, "chunk_size": chunk_size}
+    old = {name: value for name, value in old.items() if value is not None}
+    if old:
+        renames = ", ".join(f"model.loss_{name} is now model.loss.{name}" for name in old)
+        if loss is not None:
+            raise ConfigError(f"{renames}: set model.loss only")
+        log.warning(f"lit_sft: {renames} (the old name still works)")
+        return LossOptions(**old)
+    if isinstance(loss, dict):
+        return LossOptions(**loss)
+    return loss if loss is not None else LossOptions()
 
 
 def token_loss_sum(

@@ -7,8 +7,6 @@ step bookkeeping (non-finite guard, RNG states) `lit_sft.model.guard`.
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import logging
 from dataclasses import asdict
 from typing import Any
@@ -38,46 +36,20 @@ from lit_sft.model.guard import (
     restore_rng_states,
 )
 from lit_sft.model.hf import check_packed_attention
-from lit_sft.model.loss import LossImplementation, LossOptions, TokenLoss, select_loss, step_normalized_loss
-from lit_sft.model.scheduler import WarmupDecayLR
+from lit_sft.model.loss import (
+    LossImplementation,
+    LossOptions,
+    TokenLoss,
+    resolve_loss_options,
+    select_loss,
+    step_normalized_loss,
+)
+from lit_sft.model.scheduler import WarmupDecayLR, takes_unset_argument
 from lit_sft.training.distributed import gradient_average_size
 
 log = logging.getLogger("lit_sft")
 
 __all__ = ["LoraOptions", "LossOptions", "SFTModule", "load_module"]
-
-
-def _takes_unset_argument(factory: Any, name: str) -> bool:
-    """Whether ``factory`` (a class, function or partial, as jsonargparse builds) takes ``name`` and it is unset."""
-    if isinstance(factory, functools.partial) and name in factory.keywords:
-        return factory.keywords[name] is None
-    try:
-        parameter = inspect.signature(factory).parameters.get(name)
-    except (TypeError, ValueError):
-        return False
-    return parameter is not None and parameter.default is None
-
-
-def _loss_options(
-    loss: LossOptions | dict[str, Any] | None, implementation: str | None, chunk_size: int | None
-) -> LossOptions:
-    """``loss`` as `LossOptions`, or built from the old flat options (configs and checkpoints from before
-    they were grouped), which still work.
-
-    Raises:
-        ConfigError: When both ``loss`` and an old flat option are set.
-    """
-    old = {"implementation": implementation, "chunk_size": chunk_size}
-    old = {name: value for name, value in old.items() if value is not None}
-    if old:
-        renames = ", ".join(f"model.loss_{name} is now model.loss.{name}" for name in old)
-        if loss is not None:
-            raise ConfigError(f"{renames}: set model.loss only")
-        log.warning(f"lit_sft: {renames} (the old name still works)")
-        return LossOptions(**old)
-    if isinstance(loss, dict):
-        return LossOptions(**loss)
-    return loss if loss is not None else LossOptions()
 
 
 class SFTModule(TokenizerOwner, LightningModule):
@@ -150,7 +122,7 @@ class SFTModule(TokenizerOwner, LightningModule):
         if model_config is not None and "model_type" not in model_config:
             raise ConfigError("model.model_config needs a model_type (e.g. qwen2, llama)")
         torch_dtype(dtype, "model.dtype")
-        loss_options = _loss_options(loss, loss_implementation, loss_chunk_size)
+        loss_options = resolve_loss_options(loss, loss_implementation, loss_chunk_size)
         if loss_options.implementation not in ("chunked", "plain", "liger"):
             raise ConfigError(
                 f"model.loss.implementation must be chunked, plain or liger; got {loss_options.implementation!r}"
@@ -365,7 +337,7 @@ class SFTModule(TokenizerOwner, LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         kwargs = {}
-        if _takes_unset_argument(self.lr_scheduler_factory, "total_steps"):
+        if takes_unset_argument(self.lr_scheduler_factory, "total_steps"):
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = self.lr_scheduler_factory(optimizer, **kwargs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
