@@ -140,7 +140,7 @@ def test_user_errors_print_one_line_without_a_traceback(tmp_path, monkeypatch, c
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model.init_args.loss_chunk_size", "0"], "model.loss_chunk_size must be positive"),
+        (["--model.init_args.loss.chunk_size", "0"], "model.loss.chunk_size must be positive"),
         (
             ["--data.init_args.packing", "true", "--data.init_args.max_tokens_per_batch", "100"],
             "data.max_tokens_per_batch (100) must hold the longest row",

@@ -28,14 +28,14 @@ def test_unwritable_outputs_and_gpu_only_options_are_reported_together(tmp_path,
         [
             "--trainer.default_root_dir", str(blocker / "run"),
             "--model.init_args.attn_implementation", "flash_attention_2",
-            "--model.init_args.loss_implementation", "liger",
+            "--model.init_args.loss.implementation", "liger",
         ],
         capsys,
     )  # fmt: skip
     assert "lit-sft: error: the configuration cannot run:" in err
     assert f"trainer.default_root_dir: cannot write to {blocker / 'run'}" in err
     assert "model.attn_implementation=flash_attention_2 needs a CUDA GPU" in err
-    assert "model.loss_implementation=liger needs a CUDA GPU" in err
+    assert "model.loss.implementation=liger needs a CUDA GPU" in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.ckpt"))
 
 

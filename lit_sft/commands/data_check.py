@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from lit_sft.batch import IGNORE_INDEX
 from lit_sft.commands.fit import MODEL_TO_DATA_LINKS
 from lit_sft.data.datamodule import SFTDataModule
 from lit_sft.data.grouping import pack_best_fit_decreasing, padding_fraction
 from lit_sft.data.sampler import MicroBatchSampler
 from lit_sft.data.splits import NO_TRAINED_TOKENS, OK, TokenizedSource, tokenize_sources
-from lit_sft.data.tokenize import IGNORE_INDEX, truncate
+from lit_sft.data.tokenize import truncate
 from lit_sft.errors import ConfigError, InvalidRow
 from lit_sft.gsm8k.scoring import extract_strict
 from lit_sft.io import write_rows

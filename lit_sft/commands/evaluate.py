@@ -33,7 +33,7 @@ def load_for_inference(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     target_dtype = torch_dtype(dtype)  # None: the checkpoint's own
     if model.endswith(".ckpt"):
-        from lit_sft.model.module import load_module
+        from lit_sft.model.build import load_module
 
         module = load_module(model)
         network = module.model

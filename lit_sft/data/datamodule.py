@@ -27,7 +27,7 @@ from lit_sft.data.splits import (
 )
 from lit_sft.data.tokenize import TokenizeOptions, Truncation
 from lit_sft.errors import ConfigError, DataFileError
-from lit_sft.hub import load_tokenizer
+from lit_sft.hub import TokenizerOwner
 from lit_sft.training.distributed import data_parallel_layout
 
 log = logging.getLogger("lit_sft")
@@ -37,7 +37,7 @@ log = logging.getLogger("lit_sft")
 MODEL_OWNED = ("tokenizer_name_or_path", "chat_template", "trust_remote_code")
 
 
-class SFTDataModule(LightningDataModule):
+class SFTDataModule(TokenizerOwner, LightningDataModule):
     """Supervised fine-tuning data: prompt/response or multi-turn chat rows, masked so that only assistant
     tokens are trained.
 
@@ -90,6 +90,8 @@ class SFTDataModule(LightningDataModule):
         cache_dir: ``datasets`` cache directory.
         trust_remote_code: Passed to ``AutoTokenizer.from_pretrained``.
     """
+
+    _no_tokenizer_path = "data.tokenizer_name_or_path is not set (the CLI links it to the model's)"
 
     def __init__(
         self,
@@ -177,18 +179,6 @@ class SFTDataModule(LightningDataModule):
         self.train_dataset: datasets.Dataset | None = None
         self.val_dataset: datasets.Dataset | None = None
         self.summaries: dict[str, SplitSummary] = {}
-        self._tokenizer: Any = None
-
-    @property
-    def tokenizer(self) -> Any:
-        """The tokenizer, loaded on first use."""
-        if self._tokenizer is None:
-            if not self.tokenizer_name_or_path:
-                raise ConfigError("data.tokenizer_name_or_path is not set (the CLI links it to the model's)")
-            self._tokenizer = load_tokenizer(
-                self.tokenizer_name_or_path, self.chat_template, self.trust_remote_code
-            )
-        return self._tokenizer
 
     def preflight_problems(self) -> list[str]:
         """Problems visible before reading any data: local data files that do not exist."""

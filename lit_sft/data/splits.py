@@ -20,10 +20,10 @@ import datasets
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from lit_sft.batch import IGNORE_INDEX
 from lit_sft.data.conversation import FormatOptions, required_columns, resolve_format, row_to_conversation
 from lit_sft.data.sources import Source
 from lit_sft.data.tokenize import (
-    IGNORE_INDEX,
     ConversationRenderer,
     TokenizeOptions,
     tokenize_rendered,

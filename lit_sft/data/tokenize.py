@@ -26,10 +26,9 @@ from typing import Any, Literal
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from lit_sft.batch import IGNORE_INDEX
 from lit_sft.data.conversation import Conversation
 from lit_sft.errors import ConfigError, InvalidRow
-
-IGNORE_INDEX = -100
 
 Truncation = Literal["left", "right", "error"]
 

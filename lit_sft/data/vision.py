@@ -27,6 +27,7 @@ from typing import Any
 import datasets
 import torch
 
+from lit_sft.batch import IGNORE_INDEX, VisionBatch
 from lit_sft.data.collate import PackedCollator, PaddingCollator
 from lit_sft.data.conversation import Conversation, FormatOptions, row_to_conversation
 from lit_sft.data.datamodule import SFTDataModule
@@ -38,7 +39,6 @@ from lit_sft.data.splits import (
     check_columns,
 )
 from lit_sft.data.tokenize import (
-    IGNORE_INDEX,
     ConversationRenderer,
     TokenizeOptions,
     tokenize_rendered,
@@ -298,7 +298,7 @@ class VisionCollator:
         labels: Sequence[Sequence[int]],
         mm_token_type_ids: Sequence[Sequence[int]],
         images: Sequence[Sequence[bytes]],
-    ) -> dict[str, Any]:
+    ) -> VisionBatch:
         from PIL import Image
 
         batch = self.text(input_ids, labels)

@@ -141,7 +141,7 @@ def export_checkpoint(
         lora: For LoRA runs: ``merged``, ``adapter`` or ``both``.
         dtype: ``auto`` (the training dtype), ``float32``, ``bfloat16`` or ``float16``.
     """
-    from lit_sft.model.module import load_module
+    from lit_sft.model.build import load_module
 
     module = load_module(ckpt)
     written = export_hf(

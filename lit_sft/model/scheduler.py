@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -70,3 +72,14 @@ class WarmupDecayLR(LambdaLR):
             "min_lr_ratio": min_lr_ratio,
         }
         super().__init__(optimizer, lambda step: warmup_decay_factor(step, **factor))
+
+
+def takes_unset_argument(factory: Any, name: str) -> bool:
+    """Whether ``factory`` (a class, function or partial, as jsonargparse builds) takes ``name`` and it is unset."""
+    if isinstance(factory, functools.partial) and name in factory.keywords:
+        return factory.keywords[name] is None
+    try:
+        parameter = inspect.signature(factory).parameters.get(name)
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.default is None

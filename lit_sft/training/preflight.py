@@ -102,8 +102,8 @@ def preflight(trainer: Any, model: Any, datamodule: Any) -> None:
         problems.append(f"model.attn_implementation={attention} needs a CUDA GPU; use sdpa on CPU")
     if getattr(model, "liger_kernels", False) and not on_gpu:
         problems.append("model.liger_kernels needs a CUDA GPU")
-    if getattr(model, "loss_implementation", None) == "liger" and not on_gpu:
-        problems.append("model.loss_implementation=liger needs a CUDA GPU; use chunked")
+    if getattr(getattr(model, "loss_options", None), "implementation", None) == "liger" and not on_gpu:
+        problems.append("model.loss.implementation=liger needs a CUDA GPU; use chunked")
     if getattr(datamodule, "packing", False) and attention not in PACKING_ATTENTION:
         problems.append(
             f"data.packing with model.attn_implementation={attention!r}: only {sorted(PACKING_ATTENTION)} are known "

@@ -12,7 +12,12 @@ import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch.strategies import Strategy
 
-from lit_sft.training.strategies import FSDP2Strategy, FSDPStrategyPreset, _by_name_policy, decoder_layer_names
+from lit_sft.training.strategies import (
+    FSDP2Strategy,
+    FSDPStrategyPreset,
+    _by_name_policy,
+    decoder_layer_names,
+)
 from tests.helpers import tiny_model_config
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))

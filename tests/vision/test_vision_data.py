@@ -8,7 +8,7 @@ import datasets
 import pytest
 import torch
 
-from lit_sft.data.tokenize import IGNORE_INDEX
+from lit_sft.batch import IGNORE_INDEX
 from lit_sft.data.vision import VisionCollator, VisionSFTDataModule, align_insertions
 from lit_sft.errors import ConfigError, RowError
 from tests.helpers import write_jsonl, write_parquet

@@ -12,12 +12,13 @@ from lightning.pytorch import Callback
 from transformers import AutoModelForImageTextToText, GenerationConfig
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLForConditionalGeneration
 
+from lit_sft.batch import packed_batch
 from lit_sft.callbacks import HFExport
 from lit_sft.commands.fit import entry_point
 from lit_sft.data.vision import VisionSFTDataModule
 from lit_sft.errors import ConfigError
-from lit_sft.model import LoraOptions
-from lit_sft.model.module import load_module
+from lit_sft.model import LoraOptions, LossOptions
+from lit_sft.model.build import load_module
 from lit_sft.model.vision import VisionSFTModule, vision_tower_modules
 from tests.helpers import quiet_trainer, write_jsonl
 from tests.vision.helpers import colour_rows, load_saved_processor, vision_model_config
@@ -111,7 +112,7 @@ def test_chunked_and_plain_losses_agree_on_image_batches(processor_dir, tmp_path
     [batch] = list(datamodule.train_dataloader())
     results = []
     for implementation in ("chunked", "plain"):
-        model = module(processor_dir, loss_implementation=implementation, loss_chunk_size=7)
+        model = module(processor_dir, loss=LossOptions(implementation=implementation, chunk_size=7))
         model.configure_model()
         results.append(model.compute_loss_sum(batch))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
@@ -216,3 +217,17 @@ def test_the_model_class_can_be_named_for_models_the_auto_class_does_not_map(vlm
     assert loaded.dtype == torch.bfloat16
     with pytest.raises(ConfigError, match=r"'transformers\.NoSuchModel' is not an importable class"):
         VisionSFTModule(model_name_or_path=vlm_dir, model_class="transformers.NoSuchModel")
+
+
+def test_the_generic_packing_probe_is_a_text_only_vision_batch(processor_dir) -> None:
+    """The packing check's probe carries text keys only; the vision module reads it as all text, no images."""
+    model = module(processor_dir)
+    model.configure_model()
+    probe = packed_batch([torch.randint(0, 200, (1, n)) for n in (5, 7)])
+    assert set(probe) == {"input_ids", "position_ids", "row_lengths"}
+    explicit = {**probe, "mm_token_type_ids": torch.zeros_like(probe["input_ids"]), "row_images": [0, 0]}
+    implicit_inputs, explicit_inputs = model.model_inputs(probe), model.model_inputs(explicit)
+    assert implicit_inputs.keys() == explicit_inputs.keys() and "mm_token_type_ids" in implicit_inputs
+    for name, value in explicit_inputs.items():
+        torch.testing.assert_close(implicit_inputs[name], value, msg=name)
+    assert implicit_inputs["position_ids"].shape == (4, 1, 12)  # text positions on top of per-row 3-D ones
