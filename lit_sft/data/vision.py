@@ -22,14 +22,15 @@ import io
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import datasets
 import torch
 
 from lit_sft.data.collate import PackedCollator, PaddingCollator
-from lit_sft.data.datamodule import SFTDataModule
 from lit_sft.data.conversation import Conversation, FormatOptions, row_to_conversation
+from lit_sft.data.datamodule import SFTDataModule
 from lit_sft.data.splits import (
     IMAGE_TRUNCATED,
     NO_TRAINED_TOKENS,
@@ -384,7 +385,7 @@ class VisionSFTDataModule(ProcessorOwner, SFTDataModule):
         check_columns(source, self.format_options)
         return VisionRowTokenizer(
             self.processor,
-            self.format_options,
+            replace(self.format_options, struct_nulls=source.typed),
             tokenize_options or self.tokenize_options,
             self.template_kwargs,
             self.images_key,
