@@ -204,7 +204,16 @@ def _csv(raw: bytes, columns: _Columns) -> None:
     """A csv file with a header line; every value stays the string it is (no type inference)."""
     if raw.startswith(BOM):
         raw = raw[len(BOM) :]
-    reader = csv.reader(io.StringIO(_decode_utf8(raw), newline=""))
+    try:
+        text = _decode_utf8(raw)
+    except _Unreadable as error:  # name the row too: count the records before the bad line
+        start = sum(len(line) for line in raw.splitlines(keepends=True)[: error.line - 1])
+        records = [
+            record for record in csv.reader(io.StringIO(raw[:start].decode("utf-8"), newline="")) if record
+        ]
+        error.row = max(len(records) - 1, 0)
+        raise
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, None)
         if not header:
