@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -278,10 +279,12 @@ def read_rows(path: str, kind: str, name: str, cache_dir: str | None = None) -> 
             columns = _read(path, kind)
         except _Unreadable as error:
             raise DataFileError(f"{name}: cannot read it: {error.message()}") from None
-        except (OSError, EOFError) as error:  # a truncated or corrupt .gz
+        except (OSError, EOFError, zlib.error) as error:  # a truncated or corrupt .gz
             raise DataFileError(f"{name}: cannot read it: {type(error).__name__}: {error}") from None
-        if columns.count == 0 or not columns.values:
+        if columns.count == 0:
             raise DataFileError(f"{name}: the file has no rows")
+        if not columns.values:
+            raise DataFileError(f"{name}: its rows have no keys (every row is {{}})")
         table = columns.table()
         os.makedirs(directory, exist_ok=True)
         _write_atomically(

@@ -92,6 +92,15 @@ def _split_files(path: str, spec: str, split: str) -> list[str]:
     return sorted(splits[split])
 
 
+def _has_configs(path: str) -> bool:
+    """Whether a dataset directory's README declares its own configs (then ``datasets`` reads it whole)."""
+    readme = os.path.join(path, "README.md")
+    if not os.path.isfile(readme):
+        return False
+    with open(readme, encoding="utf-8", errors="replace") as handle:
+        return "\nconfigs:" in "\n" + handle.read(65536)
+
+
 def load_sources(
     spec: str, *, config_name: str | None = None, cache_dir: str | None = None, default_split: str = "train"
 ) -> list[Source]:
@@ -101,7 +110,7 @@ def load_sources(
     error messages, with rows counted within each file.
     """
     path = os.path.expanduser(spec)
-    if not os.path.isdir(path):
+    if not os.path.isdir(path) or _has_configs(path):
         return [load_source(spec, config_name=config_name, cache_dir=cache_dir, default_split=default_split)]
     files = _split_files(path, spec, default_split)
     if any(_builder_for(file) is None for file in files):  # e.g. a loading script's data: datasets decides
