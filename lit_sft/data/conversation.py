@@ -382,9 +382,8 @@ def prompt_messages(row: Mapping[str, Any], options: FormatOptions) -> list[dict
         raise InvalidRow(options.prompt_key, "prompt is null", kind="invalid_content")
     else:
         messages = normalize_messages(prompt, options.prompt_key, struct_nulls=options.struct_nulls)
-        check_tool_use(
-            messages, _row_tools(row, options), options.prompt_key
-        )  # before the system prompt shifts indices
+        # Checked before the system prompt is inserted, so that errors name the row's own indices.
+        check_tool_use(messages, _row_tools(row, options), options.prompt_key)
     if options.system_prompt is not None and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": options.system_prompt})
     return messages
