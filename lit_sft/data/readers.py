@@ -40,7 +40,7 @@ READER_VERSION = "1"
 MAX_DEPTH = 200
 BOM = b"\xef\xbb\xbf"
 #: A JSON string (skipped whole, so brackets inside strings do not count) or a bracket.
-_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 _SURROGATE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 
 
