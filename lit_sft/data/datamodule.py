@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import datasets
@@ -16,7 +17,7 @@ from lit_sft.data.collate import PackedCollator, PaddingCollator
 from lit_sft.data.conversation import AssistantTurns, FormatOptions, RowFormat
 from lit_sft.data.dataloader import MicroBatchDataset, ResumableDataLoader
 from lit_sft.data.sampler import MicroBatchSampler
-from lit_sft.data.sources import Source, expand_specs, is_local_path, load_source
+from lit_sft.data.sources import Source, expand_specs, is_local_path, load_sources
 from lit_sft.data.splits import (
     RowTokenizer,
     SplitSummary,
@@ -194,20 +195,22 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
 
     def _load(self, specs: str | Sequence[str] | None, default_split: str) -> list[Source]:
         return [
-            load_source(
+            source
+            for spec in expand_specs(specs)
+            for source in load_sources(
                 spec,
                 config_name=self.dataset_config_name,
                 cache_dir=self.cache_dir,
                 default_split=default_split,
             )
-            for spec in expand_specs(specs)
         ]
 
     def row_tokenizer(self, source: Source, tokenize_options: TokenizeOptions | None = None) -> RowTokenizer:
         """The ``datasets.map`` function for ``source`` (its format resolved and its columns checked)."""
         row_format = check_columns(source, self.format_options)
         options = tokenize_options or self.tokenize_options
-        return RowTokenizer(self.tokenizer, row_format, self.format_options, options, self.template_kwargs)
+        format_options = replace(self.format_options, struct_nulls=source.typed)
+        return RowTokenizer(self.tokenizer, row_format, format_options, options, self.template_kwargs)
 
     def plan_splits(self) -> dict[str, tuple[list[Source], np.ndarray]]:
         """Load the sources and choose each split's rows: ``{split: (sources, row positions)}``.

@@ -308,7 +308,7 @@ def tokenize_sources(
             new_fingerprint=fingerprint[:32],
             num_proc=num_proc if num_proc and num_proc > 1 else None,
             desc=f"Tokenizing {source.name}",
-        )
+        ).with_format(None)  # the source's JSON-column transform (see readers.JsonColumns) is not the output's
         results.append(TokenizedSource(source, rows, tokenized, row_tokenizer.extra_columns))
     return results
 

@@ -22,6 +22,7 @@ import io
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import datasets
@@ -372,7 +373,7 @@ class VisionSFTDataModule(ProcessorOwner, SFTDataModule):
         check_columns(source, self.format_options)
         return VisionRowTokenizer(
             self.processor,
-            self.format_options,
+            replace(self.format_options, struct_nulls=source.typed),
             tokenize_options or self.tokenize_options,
             self.template_kwargs,
             self.images_key,
