@@ -12,7 +12,12 @@ import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch.strategies import Strategy
 
-from lit_sft.training.strategies import FSDP2Strategy, FSDPStrategyPreset, _by_name_policy, decoder_layer_names
+from lit_sft.training.strategies import (
+    FSDP2Strategy,
+    FSDPStrategyPreset,
+    _by_name_policy,
+    decoder_layer_names,
+)
 from tests.helpers import tiny_model_config
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -64,7 +69,7 @@ def test_presets_find_the_decoder_layers_of_the_model() -> None:
 
 @pytest.mark.slow
 def test_run_sft_sh_launches_two_processes_and_resumes(tmp_path) -> None:
-    from tests.faults.test_kill_and_resume import config
+    from tests.faults.helpers import config
 
     path = config(str(tmp_path / "cfg"), 2, strategy={"class_path": "lit_sft.training.strategies.FSDP2Strategy"})
     env = {
@@ -112,7 +117,7 @@ def test_run_sft_sh_forwards_slurms_sigusr1_so_the_workers_save_and_stop(tmp_pat
     import signal
     import time
 
-    from tests.faults.test_kill_and_resume import config
+    from tests.faults.helpers import config
 
     path = config(str(tmp_path / "cfg"), 2, strategy="ddp")
     env = {

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from lit_sft import SFTModule
+from lit_sft.commands.evaluate import evaluate, load_for_inference
 from lit_sft.commands.fit import entry_point
 from lit_sft.gsm8k.synthetic import SyntheticGSM8KDataModule
-from lit_sft.commands.evaluate import evaluate, load_for_inference
 from tests.helpers import quiet_trainer, tiny_model_config, write_jsonl
 
 QUESTIONS = [

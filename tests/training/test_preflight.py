@@ -8,7 +8,7 @@ import pytest
 
 from lit_sft.commands.fit import entry_point
 
-QUICKSTART = os.path.join(os.path.dirname(__file__), "..", "configs", "quickstart.yaml")
+QUICKSTART = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "quickstart.yaml")
 
 
 def run(args: list[str], capsys) -> str:

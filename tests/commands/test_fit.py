@@ -13,7 +13,7 @@ import pytest
 from lit_sft.commands.fit import entry_point, main
 from tests.helpers import write_jsonl
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart.yaml")
 
 
