@@ -12,6 +12,7 @@ import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch.strategies import Strategy
 
+from lit_sft.errors import ConfigError
 from lit_sft.training.strategies import (
     FSDP2Strategy,
     FSDPStrategyPreset,
@@ -63,7 +64,7 @@ def test_presets_find_the_decoder_layers_of_the_model() -> None:
         if _by_name_policy(preset, m, recurse=False, nonwrapped_numel=0)
     ]
     assert wrapped == ["Qwen2DecoderLayer", "Qwen2DecoderLayer"]
-    with pytest.raises(Exception, match="no decoder layer class to shard"):
+    with pytest.raises(ConfigError, match="no decoder layer class to shard"):
         decoder_layer_names(model, ["NotALayer"])
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from lit_sft.errors import ConfigError
 from lit_sft.model.loss import step_normalized_loss, token_loss_sum
 from lit_sft.model.scheduler import WarmupDecayLR, warmup_decay_factor
 from tests.helpers import tiny_model_config
@@ -70,6 +71,6 @@ def test_warmup_ratio_and_scheduler_stepping() -> None:
 
 def test_schedules_that_need_total_steps_say_so() -> None:
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    with pytest.raises(Exception, match="needs total_steps"):
+    with pytest.raises(ConfigError, match="needs total_steps"):
         WarmupDecayLR(optimizer, schedule="cosine")
     WarmupDecayLR(optimizer, schedule="constant", warmup_steps=3)  # needs none

@@ -202,7 +202,7 @@ def test_a_pretrained_vision_model_loads_from_its_directory(vlm_dir, tmp_path) -
     model = VisionSFTModule(model_name_or_path=vlm_dir)
     losses = fit(model, data(vlm_dir, tmp_path), steps=2)
     assert len(losses) == 2 and isinstance(model.model, Qwen2VLForConditionalGeneration)
-    with pytest.raises(Exception, match="cannot load a vision-language model"):
+    with pytest.raises(ConfigError, match="cannot load a vision-language model"):
         VisionSFTModule(model_name_or_path=str(tmp_path / "nothing")).build_model()
 
 
