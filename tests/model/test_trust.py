@@ -107,7 +107,8 @@ def test_a_model_whose_logits_are_not_the_heads_falls_back_to_the_plain_loss(tmp
     torch.testing.assert_close(sft.compute_loss_sum(batch)[0], reference.compute_loss_sum(batch)[0])
 
 
-def test_gpu_only_options_say_so_on_cpu() -> None:
+def test_gpu_only_options_say_so_on_cpu(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only machine, even on a GPU one
     with pytest.raises(ConfigError, match="CUDA GPU"):
         module(liger_kernels=True)
 

@@ -8,7 +8,7 @@ import pytest
 
 from lit_sft.commands.fit import entry_point
 
-QUICKSTART = os.path.join(os.path.dirname(__file__), "..", "configs", "quickstart.yaml")
+QUICKSTART = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "quickstart.yaml")
 
 
 def run(args: list[str], capsys) -> str:
@@ -72,14 +72,14 @@ def test_config_mistakes_fail_at_parse_time_naming_the_key(tmp_path, capsys) -> 
     ]:
         with pytest.raises(SystemExit) as exit_info:
             entry_point(["fit", "--config", QUICKSTART, *args])
-        assert exit_info.value.code != 0
+        assert exit_info.value.code == 2
         assert key in capsys.readouterr().err
 
 
 def test_a_missing_required_path_fails_at_parse_time(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         entry_point(["fit", "--model", "lit_sft.SFTModule", "--data", "lit_sft.SFTDataModule"])
-    assert exit_info.value.code != 0
+    assert exit_info.value.code == 2
     assert "train_files" in capsys.readouterr().err
 
 

@@ -6,28 +6,63 @@ from functools import partial
 import datasets
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from lit_sft import SFTModule
 from lit_sft.commands.evaluate import evaluate, generate, load_for_inference
 from lit_sft.commands.fit import entry_point
 from lit_sft.gsm8k.synthetic import SyntheticGSM8KDataModule
-from tests.helpers import quiet_trainer, tiny_model_config, write_jsonl
+from tests.helpers import make_tokenizer, quiet_trainer, save_tiny_model, tiny_model_config, write_jsonl
 
 QUESTIONS = [
     {"question": f"What is {i} plus 1?", "answer": f"{i}+1 = {i + 1}\n#### {i + 1}"} for i in range(3)
 ]
 
 
-def test_evaluate_a_hugging_face_directory(tiny_model_dir, tmp_path, capsys) -> None:
-    data = write_jsonl(str(tmp_path / "q.jsonl"), QUESTIONS)
+def save_bigram_model(directory: str, chain: dict[str, str]) -> str:
+    """A tiny model whose next token depends on the current token only: ``chain`` maps a token to the next.
+
+    Attention and MLP outputs are zeroed, so each position's hidden state is its token's embedding; the
+    embeddings of the chain's tokens are orthogonal and the head points each one at its successor.
+    """
+    save_tiny_model(directory, "qwen")
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    tokenizer = make_tokenizer("qwen")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                parameter.zero_()
+        embeddings, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+        embeddings.zero_()
+        head.zero_()
+        for axis, (token, following) in enumerate(chain.items()):
+            token_id, following_id = tokenizer.convert_tokens_to_ids([token, following])
+            embeddings[token_id, axis] = 1.0
+            head[following_id, axis] = 10.0
+    model.save_pretrained(directory)
+    return directory
+
+
+def test_evaluate_a_hugging_face_directory(tmp_path, capsys) -> None:
+    # The prompt ends with the assistant header's newline ("Ċ"); the model answers "7" then ends its turn.
+    model_dir = save_bigram_model(str(tmp_path / "model"), {"Ċ": "7", "7": "<|im_end|>"})
+    golds = ["#### 7", "#### 8", "#### 7"]
+    data = write_jsonl(
+        str(tmp_path / "q.jsonl"), [{**q, "answer": a} for q, a in zip(QUESTIONS, golds, strict=True)]
+    )
     out = str(tmp_path / "results" / "records.jsonl")
-    result = evaluate(tiny_model_dir, data, out=out, max_new_tokens=4, device="cpu")
-    assert result["questions"] == 3 and 0.0 <= result["strict"] <= 1.0
+    result = evaluate(model_dir, data, out=out, max_new_tokens=4, device="cpu")
+    assert {key: result[key] for key in ("questions", "strict", "flexible", "strict_invalid")} == {
+        "questions": 3.0, "strict": 0.0, "flexible": pytest.approx(2 / 3), "strict_invalid": 1.0
+    }  # fmt: skip
     printed = capsys.readouterr().out
-    assert printed.startswith("gsm8k: 3 questions, strict") and "questions/s" in printed
+    assert printed.startswith("gsm8k: 3 questions, strict 0.0% (no '####' answer: 100.0%), flexible 66.7%")
+    assert "questions/s" in printed
     with open(out, encoding="utf-8") as handle:
         records = [json.loads(line) for line in handle]
     assert [r["question"] for r in records] == [q["question"] for q in QUESTIONS]
+    assert [r["generation"] for r in records] == ["7", "7", "7"]
+    assert [r["flexible_correct"] for r in records] == [True, False, True]
 
 
 def test_evaluate_and_generate_a_lightning_checkpoint_through_the_cli(tmp_path, capsys) -> None:

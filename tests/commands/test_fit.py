@@ -13,7 +13,7 @@ import pytest
 from lit_sft.commands.fit import COMMANDS, entry_point, main
 from tests.helpers import write_jsonl
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart.yaml")
 
 
@@ -80,13 +80,15 @@ def test_help_documents_options_from_docstrings(capsys) -> None:
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "--model.help" in text and "--data.help" in text
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--data.help", "lit_sft.SFTDataModule"])
+    assert exit_info.value.code == 0
     data_help = capsys.readouterr().out
     assert "Column (or dotted path) of the response string" in data_help
     assert "--data.truncation {left,right,error}" in data_help
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--model.help", "lit_sft.SFTModule"])
+    assert exit_info.value.code == 0
     assert "Recompute activations in the backward pass" in capsys.readouterr().out
 
 
@@ -172,7 +174,7 @@ def test_other_exceptions_are_not_swallowed(monkeypatch) -> None:
 def test_unknown_config_keys_fail_at_parse_time_naming_the_key(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", QUICKSTART, "--data.init_args.batch_sise", "4"])
-    assert exit_info.value.code != 0
+    assert exit_info.value.code == 2
     assert "batch_sise" in capsys.readouterr().err
 
 
@@ -221,8 +223,9 @@ def test_a_tokenizer_without_a_chat_template_names_the_option_that_fixes_it(
         "--trainer.callbacks", "[]",
     ]  # fmt: skip
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         entry_point(args)
+    assert exit_info.value.code == 2
     assert "has no chat template; give one with model.chat_template" in capsys.readouterr().err
     (tmp_path / "chat.jinja").write_text(template, encoding="utf-8")
     cli = main([*args, "--model.init_args.chat_template", str(tmp_path / "chat.jinja")])
