@@ -105,6 +105,7 @@ COMMANDS = {
     "prepare": "lit_sft.commands.prepare",
     "data": "lit_sft.commands.data_check",
     "export": "lit_sft.inference.export",
+    "verl": "lit_sft.commands.verl",
 }
 
 
