@@ -231,6 +231,10 @@ def load(words: list[str], file_tree: dict[str, Any] | None = None) -> VerlConfi
                 )
             given.add(key)
             return
+        if any(key == free or key.startswith(free + ".") for free in schema.FREE_FORM):
+            _set(tree, key, copy.deepcopy(value))  # a mapping of the user's own keys (template kwargs...)
+            given.add(key)
+            return
         if not _has(tree, key) and key not in schema.EXTRA_KEYS:
             if append and key.split(".")[0] in ("data", "model", "optim", "trainer", "engine"):
                 raise unknown_key_error(key, valid, "key (appended with +)")

@@ -316,6 +316,10 @@ EXTRA_KEYS: dict[str, Any] = {
 }
 
 
+#: Mappings whose keys are the user's own (passed on to the chat template or the model config).
+FREE_FORM = ("data.apply_chat_template_kwargs", "model.override_config", "optim.override_optimizer_config")
+
+
 def defaults(schema: str) -> dict[str, Any]:
     """A fresh copy of the ``legacy`` or ``engine`` defaults.
 
