@@ -46,7 +46,9 @@ def test_legacy_and_engine_keys_do_not_mix() -> None:
 
 
 def test_a_misspelt_key_is_rejected_with_the_closest_valid_one() -> None:
-    with pytest.raises(ConfigError, match=r"unknown verl SFT trainer key 'data.train_batch_sise'.*'data.train_batch_size'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown verl SFT trainer key 'data.train_batch_sise'.*'data.train_batch_size'"
+    ):
         load(["data.train_batch_sise=8"])
     with pytest.raises(ConfigError, match=r"'trainer.total_epochs'"):
         load(["trainer.total_epoch=1"])
@@ -104,13 +106,15 @@ def test_a_verl_sft_trainer_yaml_is_read_with_config_path_and_name(tmp_path) -> 
         "trainer": {"total_epochs": 3, "default_local_dir": "${oc.env:CHECKPOINT_DIR,/tmp}/sft/checkpoints"},
     }  # fmt: skip
     (tmp_path / "sft_trainer.yaml").write_text(yaml.safe_dump(recipe))
-    line = split_command_line(["--config-path", str(tmp_path), "--config-name=sft_trainer", "trainer.total_epochs=1"])
+    line = split_command_line(
+        ["--config-path", str(tmp_path), "--config-name=sft_trainer", "trainer.total_epochs=1"]
+    )
     config = load(line.overrides, read_config_file(line.config_path, line.config_name))
     assert config.get("data.multiturn.enable") is True and config.get("optim.lr_warmup_steps_ratio") == 0.1
     assert config.get("trainer.total_epochs") == 1  # the command line wins over the file
     assert config.get("trainer.default_local_dir").endswith("/sft/checkpoints")
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"data": {"train_batch_sizes": 1}}))
-    with pytest.raises(ConfigError, match="did you mean 'data.train_batch_size'"):
+    with pytest.raises(ConfigError, match=r"did you mean 'data.train_batch_size'"):
         load([], read_config_file(str(tmp_path), "bad"))
     (tmp_path / "other.yaml").write_text(yaml.safe_dump({"defaults": ["engine: megatron"]}))
     with pytest.raises(ConfigError, match="defaults entry 'engine: megatron'"):

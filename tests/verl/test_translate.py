@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 
 import pytest
 import yaml
@@ -12,10 +13,10 @@ from lit_sft.errors import ConfigError
 from lit_sft.verl.translate import Launch
 
 #: The seed documents' commands, verbatim but for paths (verl's docs, examples/sft/gsm8k/run_qwen_05_sp2.sh).
-FIRST = ("data.train_files=/d/train.parquet data.val_files=/d/test.parquet data.train_batch_size=128 "
+FIRST = shlex.split("data.train_files=/d/train.parquet data.val_files=/d/test.parquet data.train_batch_size=128 "
          "model.path=/m optim.lr=5e-6 trainer.n_gpus_per_node=4 trainer.total_epochs=10 "
-         "trainer.default_local_dir=./checkpoints/qwen7b_sft").split()  # fmt: skip
-SECOND = ("data.train_files=/d/train.parquet data.val_files=/d/test.parquet "
+         "trainer.default_local_dir=./checkpoints/qwen7b_sft")  # fmt: skip
+SECOND = shlex.split("data.train_files=/d/train.parquet data.val_files=/d/test.parquet "
           "data.prompt_key=extra_info data.response_key=extra_info optim.lr=1e-4 "
           "data.prompt_dict_keys=['question'] +data.response_dict_keys=['answer'] "
           "data.micro_batch_size_per_gpu=32 model.partial_pretrain=Qwen/Qwen2.5-0.5B-Instruct "
@@ -23,7 +24,7 @@ SECOND = ("data.train_files=/d/train.parquet data.val_files=/d/test.parquet "
           "trainer.experiment_name=gsm8k-sft-qwen-2.5-0.5b-instruct trainer.logger=['console'] "
           "trainer.total_epochs=1 trainer.total_training_steps=1 "
           "model.lora_rank=32 model.lora_alpha=16 model.target_modules=all-linear model.strategy=fsdp "
-          "ulysses_sequence_parallel_size=2 use_remove_padding=true").split()  # fmt: skip
+          "ulysses_sequence_parallel_size=2 use_remove_padding=true")  # fmt: skip
 EIGHT_GPUS = Launch(world_size=8, local_world_size=8, cuda=True)
 
 
@@ -33,9 +34,20 @@ def test_the_first_seed_command_uses_the_engine_trainers_model_path() -> None:
     data, trainer = native["data"]["init_args"], native["trainer"]
     assert data["global_batch_size"] == 128 and data["batch_size"] == 4 and data["drop_last"] is True
     assert data["format"] == "messages" and data["packing"] is True  # pad_mode no_padding, use_remove_padding
-    assert native["model"]["init_args"]["optimizer"]["init_args"] == {"lr": 5e-6, "betas": [0.9, 0.999], "weight_decay": 0.01}
-    assert trainer["devices"] == 4 and trainer["max_epochs"] == 10 and trainer["default_root_dir"] == "./checkpoints/qwen7b_sft"
-    assert trainer["strategy"]["class_path"].endswith("FSDPStrategyPreset") and trainer["precision"] == "bf16-mixed"
+    assert native["model"]["init_args"]["optimizer"]["init_args"] == {
+        "lr": 5e-6,
+        "betas": [0.9, 0.999],
+        "weight_decay": 0.01,
+    }
+    assert (
+        trainer["devices"] == 4
+        and trainer["max_epochs"] == 10
+        and trainer["default_root_dir"] == "./checkpoints/qwen7b_sft"
+    )
+    assert (
+        trainer["strategy"]["class_path"].endswith("FSDPStrategyPreset")
+        and trainer["precision"] == "bf16-mixed"
+    )
 
 
 def test_the_second_seed_command_maps_sequence_parallelism_packing_lora_and_the_global_batch() -> None:
@@ -52,14 +64,23 @@ def test_the_second_seed_command_maps_sequence_parallelism_packing_lora_and_the_
     assert trainer["max_steps"] == 1 and trainer["val_check_interval"] == 2  # verl validates at its last step
     assert [logger["class_path"].rsplit(".", 1)[1] for logger in trainer["logger"]] == ["CSVLogger"]
     assert trainer["strategy"]["init_args"]["param_dtype"] == "bfloat16"
-    assert model["lr_scheduler"]["init_args"] == {"schedule": "cosine", "warmup_ratio": 0.1, "min_lr_ratio": 0.0}
+    assert model["lr_scheduler"]["init_args"] == {
+        "schedule": "cosine",
+        "warmup_ratio": 0.1,
+        "min_lr_ratio": 0.0,
+    }
     assert model["gradient_checkpointing"] is True  # verl's enable_gradient_checkpointing default
 
 
 def test_a_global_batch_that_does_not_divide_is_an_error() -> None:
-    with pytest.raises(ConfigError, match="data.train_batch_size=100 is not divisible by the data-parallel size 8"):
+    with pytest.raises(
+        ConfigError, match=r"data.train_batch_size=100 is not divisible by the data-parallel size 8"
+    ):
         build(["data.train_batch_size=100"], EIGHT_GPUS)
-    with pytest.raises(ConfigError, match=r"global_batch_size=72 does not divide by data.batch_size \(4\) x data-parallel size \(8\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"global_batch_size=72 does not divide by data.batch_size \(4\) x data-parallel size \(8\)",
+    ):
         build(["data.train_batch_size=72"], EIGHT_GPUS)
     with pytest.raises(ConfigError, match="ulysses_sequence_parallel_size=3 does not divide"):
         build(["ulysses_sequence_parallel_size=3", "use_remove_padding=true"], EIGHT_GPUS)
@@ -68,11 +89,11 @@ def test_a_global_batch_that_does_not_divide_is_an_error() -> None:
 
 
 def test_verl_options_without_a_lit_sft_counterpart_are_errors() -> None:
-    with pytest.raises(ConfigError, match="'mlflow'.*console, wandb, tensorboard"):
+    with pytest.raises(ConfigError, match=r"'mlflow'.*console, wandb, tensorboard"):
         build(["trainer.logger=['console','mlflow']"], Launch())
     with pytest.raises(ConfigError, match="'wsd' is not supported"):
         build(["optim.lr_scheduler=wsd"], Launch())
-    with pytest.raises(ConfigError, match="trainer.device='npu'"):
+    with pytest.raises(ConfigError, match=r"trainer.device='npu'"):
         build(["trainer.device=npu"], Launch())
 
 
@@ -85,13 +106,22 @@ def test_engine_keys_map_like_the_legacy_ones() -> None:
         Launch(world_size=2, local_world_size=2),
     ).config  # fmt: skip
     model, data, trainer = native["model"]["init_args"], native["data"]["init_args"], native["trainer"]
-    assert data["messages_key"] == "conversation" and data["truncation"] == "right"  # no_padding cuts at max_length
+    assert (
+        data["messages_key"] == "conversation" and data["truncation"] == "right"
+    )  # no_padding cuts at max_length
     assert data["val_batch_size"] == 4  # the engine trainer validates with the per-rank train batch
-    assert model["lr_scheduler"]["init_args"] == {"schedule": "cosine", "warmup_ratio": 0.0, "min_lr_ratio": 0.1, "warmup_steps": 3}
+    assert model["lr_scheduler"]["init_args"] == {
+        "schedule": "cosine",
+        "warmup_ratio": 0.0,
+        "min_lr_ratio": 0.1,
+        "warmup_steps": 3,
+    }
     assert model["model_kwargs"] == {"attention_dropout": 0.0}
     assert trainer["strategy"]["init_args"]["cpu_offload"] is True
     assert trainer["callbacks"][0]["init_args"]["every_n_epochs"] == 1
-    assert trainer["val_check_interval"] == 10 and trainer["check_val_every_n_epoch"] is None  # 5 steps x 2 micro-batches
+    assert (
+        trainer["val_check_interval"] == 10 and trainer["check_val_every_n_epoch"] is None
+    )  # 5 steps x 2 micro-batches
 
 
 def test_wandb_and_tensorboard_loggers_take_verls_names(monkeypatch) -> None:
@@ -110,11 +140,14 @@ def test_resume_modes_find_global_step_folders(tmp_path) -> None:
     root = f"trainer.default_local_dir={tmp_path}"
     assert build([root], Launch()).config["ckpt_path"] == str(tmp_path / "global_step_10" / "checkpoint.ckpt")
     assert "ckpt_path" not in build([root, "trainer.resume_mode=disable"], Launch()).config
-    chosen = build([root, "trainer.resume_mode=resume_path", f"trainer.resume_from_path={tmp_path}/global_step_2"], Launch())
+    chosen = build(
+        [root, "trainer.resume_mode=resume_path", f"trainer.resume_from_path={tmp_path}/global_step_2"],
+        Launch(),
+    )
     assert chosen.config["ckpt_path"] == str(tmp_path / "global_step_2" / "checkpoint.ckpt")
     with pytest.raises(ConfigError, match="verl's own checkpoints do not resume"):
         build([root, f"trainer.resume_from_path={tmp_path}/global_step_12"], Launch())
-    with pytest.raises(ConfigError, match="needs trainer.resume_from_path"):
+    with pytest.raises(ConfigError, match=r"needs trainer.resume_from_path"):
         build([root, "trainer.resume_mode=resume_path"], Launch())
 
 

@@ -71,7 +71,7 @@ def gsm8k_verl_rows(gsm8k_dir: str, count: int) -> list[dict]:
     """Rows as verl's examples/data_preprocess/gsm8k.py writes them (the fields SFT reads)."""
     rows = []
     with open(os.path.join(gsm8k_dir, "train.jsonl"), encoding="utf-8") as handle:
-        for index, line in zip(range(count), handle):
+        for index, line in zip(range(count), handle, strict=False):
             item = json.loads(line)
             rows.append({"extra_info": {"split": "train", "index": index, "question": item["question"],
                                         "answer": item["answer"]}})  # fmt: skip
@@ -92,13 +92,17 @@ def lit_sft_rows(tmp_path, tokenizer_dir: str, rows: list[dict], words: list[str
 
 
 @pytest.mark.parametrize("family", ["qwen", "llama3"])
-def test_gsm8k_rows_train_exactly_the_tokens_verls_sft_dataset_marks(tmp_path, gsm8k_dir, tokenizer_dir, family) -> None:
+def test_gsm8k_rows_train_exactly_the_tokens_verls_sft_dataset_marks(
+    tmp_path, gsm8k_dir, tokenizer_dir, family
+) -> None:
     tokenizer = make_tokenizer(family)
     rows = gsm8k_verl_rows(gsm8k_dir, 4)
     words = ["data.prompt_key=extra_info", "data.response_key=extra_info",
              "data.prompt_dict_keys=['question']", "+data.response_dict_keys=['answer']"]  # fmt: skip
-    for row, ours in zip(rows, lit_sft_rows(tmp_path, tokenizer_dir(family), rows, words)):
-        verl_ids, loss_mask = verl_sft_row(tokenizer, row["extra_info"]["question"], row["extra_info"]["answer"])
+    for row, ours in zip(rows, lit_sft_rows(tmp_path, tokenizer_dir(family), rows, words), strict=True):
+        verl_ids, loss_mask = verl_sft_row(
+            tokenizer, row["extra_info"]["question"], row["extra_info"]["answer"]
+        )
         # the same tokens (lit_sft's rendering may go on after verl's EOS: Qwen's template writes "\n")
         assert ours["input_ids"][: len(verl_ids)] == verl_ids
         trained = [i for i, label in enumerate(ours["labels"]) if label != -100]
@@ -117,8 +121,11 @@ def test_multiturn_rows_with_tools_train_verls_assistant_tokens_without_the_newl
     tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
     messages = [
         {"role": "user", "content": "Add 2 and 3."},
-        {"role": "assistant", "content": "",
-         "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}],
+        },
         {"role": "tool", "content": "5"},
         {"role": "assistant", "content": "The sum is 5."},
     ]
@@ -131,18 +138,24 @@ def test_multiturn_rows_with_tools_train_verls_assistant_tokens_without_the_newl
     newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
     # verl also trains the "\n" its per-message rendering puts after <|im_end|>; that token is the template's
     # separator before the next turn, not the assistant's output, so lit_sft leaves it out.
-    assert trained == [i for i in verl_trained if not (verl_ids[i : i + 1] == newline and verl_ids[i - 1] == tokenizer.convert_tokens_to_ids("<|im_end|>"))]  # noqa: E501
-    assert len(verl_trained) - len(trained) == 2  # one per assistant turn
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    after_end = [i for i in verl_trained if verl_ids[i : i + 1] == newline and verl_ids[i - 1] == end_of_turn]
+    assert trained == [i for i in verl_trained if i not in after_end]
+    assert len(after_end) == 2  # one per assistant turn
 
 
-def test_where_eos_is_not_the_end_of_turn_lit_sft_trains_the_templates_end_of_turn(tmp_path, gsm8k_dir, tokenizer_dir) -> None:
+def test_where_eos_is_not_the_end_of_turn_lit_sft_trains_the_templates_end_of_turn(
+    tmp_path, gsm8k_dir, tokenizer_dir
+) -> None:
     """Gemma-style: verl appends ``eos_token`` (<eos>) to the response; lit_sft trains the end-of-turn token
     the chat template writes (<end_of_turn>), the one generation and RL rollouts stop on."""
     tokenizer = make_tokenizer("gemma")
     rows = gsm8k_verl_rows(gsm8k_dir, 1)
     [ours] = lit_sft_rows(tmp_path, tokenizer_dir("gemma"), rows,
                           ["data.prompt_key=extra_info.question", "data.response_key=extra_info.answer"])  # fmt: skip
-    verl_ids, loss_mask = verl_sft_row(tokenizer, rows[0]["extra_info"]["question"], rows[0]["extra_info"]["answer"])
+    verl_ids, loss_mask = verl_sft_row(
+        tokenizer, rows[0]["extra_info"]["question"], rows[0]["extra_info"]["answer"]
+    )
     trained = [i for i, label in enumerate(ours["labels"]) if label != -100]
     assert ours["input_ids"][: len(verl_ids) - 1] == verl_ids[:-1]  # identical up to the last token
     assert verl_ids[-1] == tokenizer.eos_token_id
