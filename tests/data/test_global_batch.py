@@ -65,7 +65,7 @@ def test_an_explicit_accumulation_that_disagrees_is_an_error(tmp_path) -> None:
     path = write_jsonl(str(tmp_path / "train.jsonl"), arithmetic_rows(8))
     data = arithmetic_data(path, batch_size=2, global_batch_size=8)
     module = SFTModule(model_config=tiny_model_config(), tokenizer_name_or_path="builtin:byte-chatml")
-    with pytest.raises(ConfigError, match="accumulate_grad_batches=2 disagrees with data.global_batch_size=8"):
+    with pytest.raises(ConfigError, match=r"accumulate_grad_batches=2 disagrees with data.global_batch_size=8"):
         quiet_trainer(max_steps=1, accumulate_grad_batches=2).fit(module, data)
 
 
