@@ -293,12 +293,12 @@ def _strategy(config: VerlConfig, legacy: bool, accelerator: str, warnings: list
         reshard = bool(get("engine.reshard_after_forward", True))
     mixed = {"param_dtype": "bfloat16" if get("engine.dtype", "bfloat16") == "bfloat16" else "float16",
              "reduce_dtype": "float32"} if accelerator == "gpu" else {}  # fmt: skip
-    if name == "fsdp2":
-        return {"class_path": "lit_sft.training.strategies.FSDP2Strategy",
-                "init_args": {"reshard_after_forward": reshard, "cpu_offload": offload, **mixed}}  # fmt: skip
     if name == "fsdp" and accelerator == "cpu":  # torch's FSDP (1) refuses CPU tensors; FSDP2 runs with gloo
         warnings.append("strategy fsdp (FSDP1) needs a GPU: using fsdp2 on CPU")
         name = "fsdp2"
+    if name == "fsdp2":
+        return {"class_path": "lit_sft.training.strategies.FSDP2Strategy",
+                "init_args": {"reshard_after_forward": reshard, "cpu_offload": offload, **mixed}}  # fmt: skip
     if name == "fsdp":
         sharding = "FULL_SHARD" if reshard else "SHARD_GRAD_OP"
         return {"class_path": "lit_sft.training.strategies.FSDPStrategyPreset",
