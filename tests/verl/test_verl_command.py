@@ -118,3 +118,38 @@ def test_the_second_seed_command_runs_on_two_processes_with_sequence_parallelism
     assert sorted(p.name for p in root.glob("global_step_*")) == ["global_step_1"]
     assert sorted(losses(str(root / "logs" / "csv" / "metrics.csv"))) == [0]
     assert_loadable_hf_model(str(root / "global_step_1" / "huggingface"))  # LoRA merged into the weights
+
+
+@pytest.mark.slow
+def test_run_sft_sh_runs_a_verl_recipe_yaml_into_checkpoint_dir_sft(
+    tmp_path, verl_gsm8k, tiny_model_dir
+) -> None:
+    import yaml
+
+    # A recipe's sft_trainer.yaml (graph-r1's run_sft.sh drives one): legacy keys, multi-turn data.
+    recipe = {
+        "data": {"train_batch_size": 4, "micro_batch_size_per_gpu": 1, "max_length": 1024, "truncation": "error",
+                 "multiturn": {"enable": True, "messages_key": "messages", "tools_key": "tools"},
+                 "train_files": f"{verl_gsm8k}/multiturn/train.parquet", "val_files": f"{verl_gsm8k}/multiturn/test.parquet"},
+        "model": {"partial_pretrain": tiny_model_dir, "strategy": "fsdp2", "enable_gradient_checkpointing": True,
+                  "lora_rank": 0, "lora_alpha": 16, "target_modules": "all-linear",
+                  "fsdp_config": {"cpu_offload": False, "offload_params": False}},
+        "optim": {"lr": 1e-5, "weight_decay": 0.01, "warmup_steps_ratio": 0.1, "lr_scheduler": "cosine"},
+        "ulysses_sequence_parallel_size": 1, "use_remove_padding": False,
+        "trainer": {"total_epochs": 1, "logger": ["console", "wandb"], "project_name": "graph-r1"},
+    }  # fmt: skip
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "sft_trainer.yaml").write_text(yaml.safe_dump(recipe))
+    env = {
+        **os.environ, "NPROC_PER_NODE": "2", "NNODES": "1", "MASTER_PORT": "29541", "PYTHON": sys.executable,
+        "CHECKPOINT_DIR": str(tmp_path / "ckpt"), "CONFIG_PATH": str(tmp_path / "config"), "CONFIG_NAME": "sft_trainer",
+        "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1",
+    }  # fmt: skip
+    command = ["bash", os.path.join(ROOT, "scripts", "run_sft.sh"), "trainer.total_training_steps=2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    sft = tmp_path / "ckpt" / "sft"
+    assert sorted(p.name for p in sft.iterdir()) == ["checkpoints", "logs", "wandb"]
+    assert sorted(p.name for p in (sft / "checkpoints").glob("global_step_*")) == ["global_step_2"]
+    assert sorted(losses(str(sft / "logs" / "csv" / "metrics.csv"))) == [0, 1]
+    assert_loadable_hf_model(str(sft / "checkpoints" / "global_step_2" / "huggingface"))
