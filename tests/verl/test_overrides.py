@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from lit_sft.errors import ConfigError
+from lit_sft.verl import schema
 from lit_sft.verl.overrides import load, parse_value, read_config_file, split_command_line
 
 
@@ -128,3 +129,36 @@ def test_command_line_flags_are_separated_from_overrides() -> None:
         split_command_line(["--lr", "1"])
     with pytest.raises(ConfigError, match="not an override"):
         split_command_line(["data.train_files"])
+
+
+def _other_value(default: object) -> object:
+    """A value that differs from ``default`` (as an override's text)."""
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, (int, float)):
+        return default + 7
+    if isinstance(default, list):
+        return "[x]"
+    return "other" if isinstance(default, str) else "x"
+
+
+def _schema_words(key: str) -> list[str]:
+    """An engine key comes with model.path (it selects the engine trainer's defaults)."""
+    legacy = schema.dotted_keys(schema.defaults("legacy")) + list(schema.EXTRA_KEYS)
+    return [] if key in legacy else ["model.path=/m"]
+
+
+@pytest.mark.parametrize("key", sorted(schema.UNSUPPORTED))
+def test_every_unsupported_key_is_an_error_naming_it(key: str) -> None:
+    words = _schema_words(key)
+    value = _other_value(load(words).get(key, schema.EXTRA_KEYS.get(key)))
+    prefix = "+" if key in schema.EXTRA_KEYS else ""
+    with pytest.raises(ConfigError, match=rf"verl key {key}=.* is not supported by lit-sft verl"):
+        load([*words, f"{prefix}{key}={value}"])
+
+
+@pytest.mark.parametrize("key", sorted(key for key in schema.IGNORED if key != "profiler"))
+def test_every_key_without_meaning_warns_naming_it(key: str) -> None:
+    words = _schema_words(key)
+    config = load([*words, f"{key}={_other_value(load(words).get(key))}"])
+    assert any(warning.startswith(f"verl key {key}=") for warning in config.warnings), config.warnings
