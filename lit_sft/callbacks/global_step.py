@@ -93,7 +93,9 @@ class GlobalStepCheckpoint(ModelCheckpoint):
 
 
 def find_latest(dirpath: str) -> str | None:
-    """The newest resumable ``global_step_N/checkpoint.ckpt`` under ``dirpath`` (verl's ``resume_mode: auto``)."""
+    """The newest resumable checkpoint under ``dirpath`` (verl's ``resume_mode: auto``): the highest
+    ``global_step_N/checkpoint.ckpt``, or ``last.ckpt`` (written there when SIGTERM/SIGUSR1 stopped a run)
+    when it is more recent."""
     if not os.path.isdir(dirpath):
         return None
     steps = [
@@ -102,7 +104,11 @@ def find_latest(dirpath: str) -> str | None:
         if (match := re.fullmatch(r"global_step_(\d+)", name))
         and os.path.exists(os.path.join(dirpath, name, CHECKPOINT_NAME))
     ]
-    return os.path.join(dirpath, f"global_step_{max(steps)}", CHECKPOINT_NAME) if steps else None
+    latest = os.path.join(dirpath, f"global_step_{max(steps)}", CHECKPOINT_NAME) if steps else None
+    preempted = os.path.join(dirpath, "last.ckpt")
+    if os.path.exists(preempted) and (latest is None or os.path.getmtime(preempted) > os.path.getmtime(latest)):
+        return preempted
+    return latest
 
 
 def checkpoint_in(folder: str) -> str:

@@ -145,6 +145,10 @@ def test_resume_modes_find_global_step_folders(tmp_path) -> None:
         Launch(),
     )
     assert chosen.config["ckpt_path"] == str(tmp_path / "global_step_2" / "checkpoint.ckpt")
+    stopped = tmp_path / "last.ckpt"  # a run stopped by SIGTERM after its last global_step_N: newer
+    stopped.write_bytes(b"")
+    os.utime(stopped, (os.path.getmtime(tmp_path / "global_step_10" / "checkpoint.ckpt") + 5,) * 2)
+    assert build([root], Launch()).config["ckpt_path"] == str(stopped)
     with pytest.raises(ConfigError, match="verl's own checkpoints do not resume"):
         build([root, f"trainer.resume_from_path={tmp_path}/global_step_12"], Launch())
     with pytest.raises(ConfigError, match=r"needs trainer.resume_from_path"):
