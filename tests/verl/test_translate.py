@@ -171,3 +171,17 @@ def test_the_printed_config_builds_lit_sfts_objects(tmp_path, tiny_model_dir) ->
     assert cli.model.lora.r == 4 and cli.model.lora.alpha == 16
     assert [type(c).__name__ for c in cli.trainer.callbacks].count("GlobalStepCheckpoint") == 1
     assert yaml.safe_load(text)["data"]["init_args"]["prompt_key"] == "question"  # verl's legacy default
+
+
+def test_the_console_script_runs_verl_and_prints_errors_as_one_line(capsys) -> None:
+    from lit_sft.commands.fit import entry_point
+
+    entry_point(["verl", "--help"])
+    assert "verl's SFT command line, run by lit_sft" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stopped:
+        entry_point(["verl", "data.train_batch_sise=8"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "lit-sft: error: unknown verl SFT trainer key 'data.train_batch_sise'; did you mean "
+        "'data.train_batch_size' or 'data.micro_batch_size' or 'data.train_max_samples'?"
+    )
