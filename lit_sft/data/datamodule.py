@@ -15,7 +15,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from lit_sft.data.collate import PackedCollator, PaddingCollator
 from lit_sft.data.conversation import AssistantTurns, FormatOptions, RowFormat
 from lit_sft.data.dataloader import MicroBatchDataset, ResumableDataLoader
-from lit_sft.data.sampler import MicroBatchSampler
 from lit_sft.data.sources import Source, expand_specs, load_source
 from lit_sft.data.splits import (
     RowTokenizer,
@@ -25,10 +24,11 @@ from lit_sft.data.splits import (
     split_positions,
     tokenize_split,
 )
+from lit_sft.data.sampler import MicroBatchSampler
 from lit_sft.data.tokenize import TokenizeOptions, Truncation
+from lit_sft.training.distributed import data_parallel_layout
 from lit_sft.errors import ConfigError, DataFileError
 from lit_sft.hub import load_tokenizer
-from lit_sft.training.distributed import data_parallel_layout
 
 log = logging.getLogger("lit_sft")
 

@@ -28,8 +28,8 @@ import datasets
 import torch
 
 from lit_sft.data.collate import PackedCollator, PaddingCollator
-from lit_sft.data.conversation import Conversation, FormatOptions, row_to_conversation
 from lit_sft.data.datamodule import SFTDataModule
+from lit_sft.data.conversation import Conversation, FormatOptions, row_to_conversation
 from lit_sft.data.splits import (
     IMAGE_TRUNCATED,
     NO_TRAINED_TOKENS,
