@@ -11,14 +11,13 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from lit_sft.callbacks.global_step import checkpoint_in, find_latest
 from lit_sft.data.datamodule import accumulation_for
 from lit_sft.errors import ConfigError
+from lit_sft.verl.outputs import loggers, resume_from
 from lit_sft.verl.overrides import VerlConfig
 
 _DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
            "fp16": "float16", "float16": "float16"}  # fmt: skip
-_LOGGERS = ("console", "wandb", "tensorboard")
 
 
 @dataclass(frozen=True)
@@ -162,7 +161,7 @@ def translate(config: VerlConfig, launch: Launch, log_dir: str | None = None) ->
         "model": {"class_path": "lit_sft.SFTModule", "init_args": model},
         "data": {"class_path": "lit_sft.SFTDataModule", "init_args": data},
     }
-    resume = _resume(config, trainer["callbacks"][0]["init_args"]["dirpath"])
+    resume = resume_from(config, trainer["callbacks"][0]["init_args"]["dirpath"])
     if resume:
         native["ckpt_path"] = resume
         notes.append(f"resuming from {resume}")
@@ -213,6 +212,7 @@ def _data(
         data["format"] = "messages"
         data["messages_key"] = get(prefix + "messages_key", "messages")
         data["tools_key"] = get(prefix + "tools_key", "tools")
+        _refuse_thinking_column(data, get(prefix + "enable_thinking_key", "enable_thinking"))
     if not legacy and get("data.pad_mode") == "no_padding" and data["truncation"] != "right":
         # MultiTurnSFTDataset in no_padding mode cuts at max_length whatever truncation says.
         if "data.truncation" in config.given:
@@ -220,6 +220,23 @@ def _data(
                             "in verl (rows are cut at max_length): doing the same")  # fmt: skip
         data["truncation"] = "right"
     return data
+
+
+def _refuse_thinking_column(data: dict[str, Any], column: str) -> None:
+    """verl's MultiTurnSFTDataset passes a per-row ``enable_thinking`` column to the chat template; lit_sft
+    does not, so local parquet files that have one are refused rather than silently read without it."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    specs = [data["train_files"], data["val_files"]]
+    for spec in [item for value in specs if value for item in ([value] if isinstance(value, str) else value)]:
+        for path in glob.glob(spec) if spec.endswith(".parquet") else []:
+            if column in pq.read_schema(path).names:
+                raise ConfigError(
+                    f"{path} has a per-row {column!r} column, which verl passes to the chat template and lit_sft "
+                    "does not: drop the column and set data.apply_chat_template_kwargs={enable_thinking: ...}"
+                )
 
 
 def _model(config: VerlConfig, legacy: bool, accelerator: str, sequence: int) -> dict[str, Any]:
@@ -331,7 +348,7 @@ def _trainer(
         "default_root_dir": root,
         "num_sanity_val_steps": 0,
         "log_every_n_steps": 1,
-        "logger": _loggers(config, logs),
+        "logger": loggers(config, logs),
     }
     test_freq = get("trainer.test_freq", -1)
     if test_freq == "after_each_epoch":
@@ -350,43 +367,3 @@ def _trainer(
         checkpoint["every_n_train_steps"] = int(save_freq)
     trainer["callbacks"] = [{"class_path": "lit_sft.callbacks.GlobalStepCheckpoint", "init_args": checkpoint}]
     return trainer
-
-
-def _loggers(config: VerlConfig, logs: str) -> list[dict[str, Any]] | bool:
-    names = config.get("trainer.logger") or []
-    names = [names] if isinstance(names, str) else list(names)
-    unknown = [name for name in names if name not in _LOGGERS]
-    if unknown:
-        raise ConfigError(f"verl trainer.logger {unknown}: lit-sft verl supports {', '.join(_LOGGERS)}")
-    project, experiment = config.get("trainer.project_name"), config.get("trainer.experiment_name")
-    loggers: list[dict[str, Any]] = []
-    if "console" in names:  # the progress bar prints the step's metrics; the CSV keeps them
-        loggers.append({"class_path": "lightning.pytorch.loggers.CSVLogger",
-                        "init_args": {"save_dir": logs, "name": "csv", "version": ""}})  # fmt: skip
-    if "tensorboard" in names:  # verl: $TENSORBOARD_DIR, else tensorboard_log/<project>/<experiment>
-        loggers.append({"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                        "init_args": {"save_dir": os.environ.get("TENSORBOARD_DIR", logs), "name": "tensorboard",
-                                      "version": f"{project}/{experiment}"}})  # fmt: skip
-    if "wandb" in names:  # wandb writes <save_dir>/wandb; WANDB_MODE=offline works as with verl
-        loggers.append({"class_path": "lightning.pytorch.loggers.WandbLogger",
-                        "init_args": {"project": project, "name": experiment,
-                                      "save_dir": os.environ.get("WANDB_DIR", logs)}})  # fmt: skip
-    return loggers or False
-
-
-def _resume(config: VerlConfig, dirpath: str) -> str | None:
-    mode = config.get("trainer.resume_mode", "auto")
-    path = config.get("trainer.resume_from_path")
-    if mode == "disable":
-        return None
-    if mode not in ("auto", "resume_path"):
-        raise ConfigError(f"verl key trainer.resume_mode={mode!r}: expected auto, disable or resume_path")
-    if path is not None:
-        if "global_step_" not in str(path) and not str(path).endswith(".ckpt"):
-            raise ConfigError(
-                f"trainer.resume_from_path={path!r} must name a global_step_N folder (as in verl)"
-            )
-        return checkpoint_in(str(path))
-    if mode == "resume_path":
-        raise ConfigError("trainer.resume_mode=resume_path needs trainer.resume_from_path")
-    return find_latest(dirpath)

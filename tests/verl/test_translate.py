@@ -186,3 +186,17 @@ def test_the_console_script_runs_verl_and_prints_errors_as_one_line(capsys) -> N
         "lit-sft: error: unknown verl SFT trainer key 'data.train_batch_sise'; did you mean 'data.train_batch_size'"
     )
     assert "\n" not in error  # one line, no traceback
+
+
+def test_a_per_row_enable_thinking_column_is_refused_not_ignored(tmp_path) -> None:
+    from tests.helpers import write_parquet
+
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    path = write_parquet(str(tmp_path / "think.parquet"), [{"messages": messages, "enable_thinking": True}])
+    with pytest.raises(ConfigError, match="per-row 'enable_thinking' column"):
+        build(["model.path=/m", f"data.train_files={path}"], Launch())
+    write_parquet(path, [{"messages": messages}])
+    assert (
+        build(["model.path=/m", f"data.train_files={path}"], Launch()).config["data"]["init_args"]["format"]
+        == "messages"
+    )
