@@ -163,6 +163,9 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("data check", "Read the data as training would and report on it.", "lit_sft.commands.data_check"),
     Command("export", "Convert a checkpoint into a Hugging Face model directory.", "lit_sft.commands.export"),
+    Command(
+        "verl", "Run verl's SFT trainer command line (key=value overrides) with lit_sft.", "lit_sft.commands.verl"
+    ),
 )
 
 

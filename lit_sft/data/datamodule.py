@@ -76,6 +76,13 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         skip_invalid_rows: Drop malformed rows and count them instead of stopping with an error.
         dataset_config_name: Configuration name of Hub datasets (``main`` for ``openai/gsm8k``).
         batch_size: Rows per micro-batch on each device (when ``max_tokens_per_batch`` is not set).
+        global_batch_size: Rows per optimizer step over all data-parallel ranks (verl's
+            ``data.train_batch_size``). The gradient accumulation is derived from it: global_batch_size /
+            (batch_size x data-parallel size), an error when that does not divide or when
+            ``trainer.accumulate_grad_batches`` says otherwise. With ``packing``, each micro-batch packs
+            its ``batch_size`` rows into one sequence (no ``max_tokens_per_batch``).
+        drop_last: Drop each epoch's last optimizer step when its rows do not fill it (as verl does);
+            fixed-size micro-batches only.
         val_batch_size: Rows per validation batch (default: ``batch_size``).
         max_tokens_per_batch: A token budget per micro-batch instead of a row count: with ``packing``, the
             length of each packed sequence (default: ``max_length``); without, length-grouped padded
@@ -118,6 +125,8 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         skip_invalid_rows: bool = False,
         dataset_config_name: str | None = None,
         batch_size: int = 8,
+        global_batch_size: int | None = None,
+        drop_last: bool = False,
         val_batch_size: int | None = None,
         max_tokens_per_batch: int | None = None,
         packing: bool = False,
@@ -137,7 +146,14 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
             raise ConfigError(f"data.val_ratio must be in [0, 1), got {val_ratio}")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
-        if packing and max_tokens_per_batch is None:
+        if global_batch_size is not None and (global_batch_size < 1 or max_tokens_per_batch is not None):
+            raise ConfigError(
+                "data.global_batch_size counts rows: it needs fixed-size micro-batches (data.batch_size), "
+                f"not data.max_tokens_per_batch, and must be positive; got {global_batch_size}"
+            )
+        if drop_last and max_tokens_per_batch is not None:
+            raise ConfigError("data.drop_last needs fixed-size micro-batches (data.batch_size), not max_tokens_per_batch")
+        if packing and max_tokens_per_batch is None and global_batch_size is None:
             if max_length is None:
                 raise ConfigError("data.packing needs data.max_tokens_per_batch (or data.max_length)")
             max_tokens_per_batch = max_length
@@ -170,6 +186,7 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         self.skip_invalid_rows = skip_invalid_rows
         self.dataset_config_name = dataset_config_name
         self.batch_size = batch_size
+        self.global_batch_size, self.drop_last = global_batch_size, drop_last
         self.val_batch_size = val_batch_size or batch_size
         self.max_tokens_per_batch, self.packing = max_tokens_per_batch, packing
         self.pad_to_multiple_of = pad_to_multiple_of
@@ -258,7 +275,16 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         self._build()
 
     def setup(self, stage: str | None = None) -> None:
-        """Load the tokenized splits (from the cache after `prepare_data`) and print one line per split."""
+        """Load the tokenized splits (from the cache after `prepare_data`) and print one line per split.
+
+        With ``global_batch_size``, also set the trainer's ``accumulate_grad_batches`` (before any step).
+        """
+        trainer = getattr(self, "trainer", None)
+        if self.global_batch_size is not None and trainer is not None:
+            data_parallel_size, _ = data_parallel_layout(trainer)
+            trainer.accumulate_grad_batches = accumulation_for(
+                self.global_batch_size, self.batch_size, data_parallel_size, trainer.accumulate_grad_batches
+            )
         self._build()
         self._log_summaries()
 
@@ -288,12 +314,13 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
             column(dataset, "num_trained"),
             batch_size,
             max_tokens_per_batch=self.max_tokens_per_batch,
-            packing=self.packing,
+            packing=self.packing and self.max_tokens_per_batch is not None,
             shuffle=shuffle,
             seed=self.seed,
             num_replicas=world_size,
             rank=rank,
             accumulate_grad_batches=accumulate,
+            drop_last=self.drop_last and shuffle,
         )
 
     def _consumed(self) -> int:
@@ -329,3 +356,27 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         if self.val_dataset is None:
             return []
         return self._loader(self.val_dataset, self._sampler(self.val_dataset, self.val_batch_size, False, 1))
+
+
+def accumulation_for(global_batch_size: int, batch_size: int, data_parallel_size: int, configured: int = 1) -> int:
+    """Micro-batches per optimizer step on each rank so that a step sees ``global_batch_size`` rows.
+
+    Args:
+        global_batch_size: Rows per optimizer step over all data-parallel ranks.
+        batch_size: Rows per micro-batch.
+        data_parallel_size: Ranks that see different rows.
+        configured: ``trainer.accumulate_grad_batches`` as configured (1, Lightning's default, means unset).
+    """
+    per_round = batch_size * data_parallel_size
+    if global_batch_size % per_round:
+        raise ConfigError(
+            f"data.global_batch_size={global_batch_size} does not divide by data.batch_size ({batch_size}) x "
+            f"data-parallel size ({data_parallel_size}) = {per_round}"
+        )
+    accumulation = global_batch_size // per_round
+    if configured not in (1, accumulation):
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches={configured} disagrees with data.global_batch_size="
+            f"{global_batch_size} ({batch_size} rows x {data_parallel_size} ranks x {accumulation}): set one of them"
+        )
+    return accumulation

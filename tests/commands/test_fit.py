@@ -93,7 +93,7 @@ def test_help_documents_options_from_docstrings(capsys) -> None:
 
 
 def test_lit_sft_help_lists_every_command_with_its_one_line(capsys) -> None:
-    expected = ["fit", "validate", "evaluate", "generate", "prepare", "data check", "export"]
+    expected = ["fit", "validate", "evaluate", "generate", "prepare", "data check", "export", "verl"]
     for argv, code in ((["--help"], 0), (["-h"], 0), ([], 2)):
         with pytest.raises(SystemExit) as exit_info:
             entry_point(argv)
