@@ -43,6 +43,12 @@ def lightning_yaml(translation: Translation) -> str:
     return header + yaml.safe_dump(translation.config, sort_keys=False)
 
 
+USAGE = (
+    "usage: lit-sft verl [KEY=VALUE | +KEY=VALUE | ~KEY ...] [--config-path DIR --config-name NAME] "
+    "[--print-lightning-config] [--log-dir DIR]"
+)
+
+
 def main(name: str, words: list[str]) -> None:
     """Run (or with ``--print-lightning-config``, print) a verl SFT command line.
 
@@ -51,8 +57,8 @@ def main(name: str, words: list[str]) -> None:
         words: verl's overrides and the flags above.
     """
     if words and words[0] in ("-h", "--help"):
-        print(__doc__)
-        return
+        print(USAGE + "\n\n" + (__doc__ or ""))
+        raise SystemExit(0)
     translation = build(words)
     if os.environ.get("RANK", "0") == "0":
         for warning in translation.warnings:

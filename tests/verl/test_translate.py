@@ -176,7 +176,9 @@ def test_the_printed_config_builds_lit_sfts_objects(tmp_path, tiny_model_dir) ->
 def test_the_console_script_runs_verl_and_prints_errors_as_one_line(capsys) -> None:
     from lit_sft.commands.fit import entry_point
 
-    entry_point(["verl", "--help"])
+    with pytest.raises(SystemExit) as stopped:
+        entry_point(["verl", "--help"])
+    assert stopped.value.code == 0
     assert "verl's SFT command line, run by lit_sft" in capsys.readouterr().out
     with pytest.raises(SystemExit) as stopped:
         entry_point(["verl", "data.train_batch_sise=8"])
