@@ -88,7 +88,7 @@ def main() -> None:
     ]
     for max_length in (1024, 2048):
         batches = fixed_size_batches(order, 8)
-        dynamic = padding_fraction(lengths, batches, packed=False)
+        dynamic = padding_fraction(lengths, batches)
         static = 1 - lengths.sum() / (len(lengths) * max_length)
         packs = pack_best_fit_decreasing(lengths, max_length)
         fill = lengths.sum() / (len(packs) * max_length)

@@ -150,7 +150,7 @@ def run_lit_sft(
 
     from lightning.pytorch import seed_everything
 
-    from lit_sft import SFTDataModule, SFTModule, WarmupDecayLR
+    from lit_sft import LossOptions, SFTDataModule, SFTModule, WarmupDecayLR
 
     seed_everything(0)
     module = SFTModule(
@@ -158,7 +158,7 @@ def run_lit_sft(
         attn_implementation=attention_implementation(),
         gradient_checkpointing=args.gradient_checkpointing,
         liger_kernels=args.liger,
-        loss_implementation="liger" if args.liger else "chunked",
+        loss=LossOptions(implementation="liger" if args.liger else "chunked"),
         optimizer=partial(torch.optim.AdamW, lr=LR, weight_decay=0.0, fused=True),
         lr_scheduler=partial(WarmupDecayLR, schedule="constant"),
     )

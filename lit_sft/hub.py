@@ -15,7 +15,6 @@ import os
 from typing import Any, Literal
 
 import torch
-
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from lit_sft.errors import ConfigError
@@ -26,7 +25,11 @@ BUILTIN_PREFIX = "builtin:"
 #: The dtype names options accept (``auto``: whatever the checkpoint or the training run holds).
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 #: The one map from dtype names to torch dtypes.
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 def torch_dtype(name: str, option: str = "dtype") -> torch.dtype | None:
@@ -40,6 +43,7 @@ def torch_dtype(name: str, option: str = "dtype") -> torch.dtype | None:
     if name not in DTYPES:
         raise ConfigError(f"{option} must be one of auto, {', '.join(DTYPES)}; got {name!r}")
     return DTYPES[name]
+
 
 #: ChatML as Qwen2.5 writes it, without an implicit system prompt (short sequences for the quickstart).
 BYTE_CHATML_TEMPLATE = (
@@ -214,15 +218,35 @@ def save_processor(processor: Any, directory: str) -> None:
         json.dump({"processor_class": type(processor).__name__}, handle, indent=2)
 
 
-class ProcessorOwner:
-    """The ``processor`` and ``tokenizer`` of `VisionSFTModule` and `VisionSFTDataModule`: the processor is
-    loaded on first use from ``processor_name_or_path`` (else the tokenizer's path) with the owner's chat
-    template, ``trust_remote_code`` and ``processor_kwargs``."""
+class TokenizerOwner:
+    """A lazy ``tokenizer`` for `SFTModule` and `SFTDataModule`: loaded on first use from
+    ``tokenizer_name_or_path`` with the owner's chat template and ``trust_remote_code``."""
 
-    processor_name_or_path: str | None
     tokenizer_name_or_path: str | None
     chat_template: str | None
     trust_remote_code: bool
+    _tokenizer: Any = None
+    #: The error when no path is known (which option to set).
+    _no_tokenizer_path = "tokenizer_name_or_path is not set"
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer, loaded on first use."""
+        if self._tokenizer is None:
+            if not self.tokenizer_name_or_path:
+                raise ConfigError(self._no_tokenizer_path)
+            self._tokenizer = load_tokenizer(
+                self.tokenizer_name_or_path, self.chat_template, self.trust_remote_code
+            )
+        return self._tokenizer
+
+
+class ProcessorOwner(TokenizerOwner):
+    """The ``processor`` and ``tokenizer`` of `VisionSFTModule` and `VisionSFTDataModule`: the processor is
+    loaded on first use from ``processor_name_or_path`` (else the tokenizer's path) with the owner's chat
+    template, ``trust_remote_code`` and ``processor_kwargs``; the tokenizer is the processor's."""
+
+    processor_name_or_path: str | None
     processor_kwargs: dict[str, Any]
     _processor: Any = None
     #: The error when no path is known (which option to set).

@@ -9,9 +9,12 @@ itself survives a power cut.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
+
+from lit_sft.errors import ConfigError
 
 
 def fsync_directory(directory: str | os.PathLike[str]) -> None:
@@ -47,3 +50,24 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **open_kwargs: A
         if os.path.exists(temporary):
             os.remove(temporary)
     fsync_directory(directory)
+
+
+def write_rows(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write rows as parquet or jsonl (by the file ending: ``.parquet``, ``.jsonl``, ``.json``), atomically.
+
+    Raises:
+        ConfigError: For any other ending.
+    """
+    if path.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist(list(rows))
+        with atomic_write(path, "wb") as handle:
+            pq.write_table(table, handle)
+    elif path.endswith((".jsonl", ".json")):
+        with atomic_write(path) as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    else:
+        raise ConfigError(f"{path}: write .parquet or .jsonl")

@@ -255,6 +255,25 @@ def quiet_trainer(**kwargs: Any):
     return Trainer(**defaults)
 
 
+def oracle_generate(tokenizer, answers: dict[str, str]):
+    """A stand-in for ``model.generate`` that answers each question with a fixed text, then end-of-turn."""
+    import torch
+
+    def generate(input_ids, attention_mask, max_new_tokens, pad_token_id, **kwargs):
+        completions = []
+        for row, mask in zip(input_ids, attention_mask, strict=True):
+            prompt = tokenizer.decode(row[mask.bool()])
+            question = prompt.split("<|im_start|>user\n")[-1].split("<|im_end|>")[0]
+            tokens = tokenizer(answers[question], add_special_tokens=False)["input_ids"] + [
+                tokenizer.eos_token_id
+            ]
+            tokens = tokens[:max_new_tokens]
+            completions.append(tokens + [pad_token_id] * (max_new_tokens - len(tokens)))
+        return torch.cat([input_ids, torch.tensor(completions)], dim=1)
+
+    return generate
+
+
 def make_bpe_tokenizer(texts: Sequence[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on ``texts`` (merges make tokens straddle text boundaries) with ChatML."""
     from tokenizers import trainers

@@ -11,8 +11,8 @@ import yaml
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from lit_sft import SFTDataModule, SFTModule
-from lit_sft.commands import prepare
 from lit_sft.callbacks import GSM8KEvaluation
+from lit_sft.commands import prepare
 from lit_sft.commands.fit import main
 from tests.helpers import write_parquet
 

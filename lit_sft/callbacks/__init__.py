@@ -1,7 +1,8 @@
 """Callbacks that Lightning does not have."""
 
+from lit_sft.callbacks.global_step import GlobalStepCheckpoint
 from lit_sft.callbacks.gsm8k import GSM8KEvaluation
 from lit_sft.callbacks.hf_export import HFExport
 from lit_sft.callbacks.summary import RunSummary
 
-__all__ = ["GSM8KEvaluation", "HFExport", "RunSummary"]
+__all__ = ["GSM8KEvaluation", "GlobalStepCheckpoint", "HFExport", "RunSummary"]

@@ -20,6 +20,7 @@ from typing_extensions import override
 from lit_sft.errors import ConfigError
 from lit_sft.gsm8k.evaluation import EvalSet, evaluate_items, load_eval_set, shard
 from lit_sft.gsm8k.scoring import GSM8KAccuracy
+from lit_sft.io import atomic_write
 
 log = logging.getLogger("lit_sft")
 
@@ -166,10 +167,9 @@ class GSM8KEvaluation(Callback):
         if trainer.global_rank != 0:
             return
         directory = self._records_dir(trainer)
-        os.makedirs(directory, exist_ok=True)
         prefix = "validate-" if trainer.state.fn == TrainerFn.VALIDATING else ""
         path = os.path.join(directory, f"{prefix}step-{trainer.global_step:06d}.jsonl")
-        with open(path, "w", encoding="utf-8") as handle:
+        with atomic_write(path) as handle:
             for record in sorted(records, key=lambda r: r["index"]):
                 handle.write(json.dumps(record, default=str) + "\n")
 

@@ -8,9 +8,9 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
-from lit_sft.training.distributed import gather_full_state_dict, is_sharded
 from lit_sft.errors import ConfigError
 from lit_sft.inference.export import ExportDType, LoraExport, export_hf
+from lit_sft.training.distributed import gather_full_state_dict, is_sharded
 
 
 class HFExport(Callback):

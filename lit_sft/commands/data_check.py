@@ -18,19 +18,22 @@ from typing import Any
 
 import numpy as np
 
+from lit_sft.batch import IGNORE_INDEX
+from lit_sft.commands.fit import MODEL_TO_DATA_LINKS
 from lit_sft.data.datamodule import SFTDataModule
-from lit_sft.gsm8k.scoring import extract_strict
 from lit_sft.data.grouping import pack_best_fit_decreasing, padding_fraction
-from lit_sft.data.splits import NO_TRAINED_TOKENS, OK, TokenizedSource, tokenize_sources
 from lit_sft.data.sampler import MicroBatchSampler
-from lit_sft.data.tokenize import IGNORE_INDEX, truncate
+from lit_sft.data.splits import NO_TRAINED_TOKENS, OK, TokenizedSource, tokenize_sources
+from lit_sft.data.tokenize import truncate
 from lit_sft.errors import ConfigError, InvalidRow
+from lit_sft.gsm8k.scoring import extract_strict
+from lit_sft.io import write_rows
 
 PERCENTILES = (50, 90, 99, 100)
 
 
 @dataclass
-class SplitReport:
+class SplitCheck:
     """What `check_split` found in one split (see the module docstring)."""
 
     split: str
@@ -42,6 +45,7 @@ class SplitReport:
     would_truncate: int = 0
     would_drop: Counter = field(default_factory=Counter)
     padding_waste: dict[str, float] = field(default_factory=dict)
+    packed_fill: float = 0.0
     example: str = ""
     gsm8k_unextractable: list[str] | None = None
     split_rows: int = 0
@@ -76,8 +80,8 @@ class SplitReport:
             + (f" ({drops})" if drops else "")
         )
         if self.padding_waste:
-            parts = [f"{name} {value:.1%}" for name, value in self.padding_waste.items()]
-            out.append("padding waste: " + ", ".join(parts[:-1]) + f"; {parts[-1]})")
+            parts = ", ".join(f"{name} {value:.1%}" for name, value in self.padding_waste.items())
+            out.append(f"padding waste: {parts}; (packed sequences are filled to {self.packed_fill:.1%})")
         if self.gsm8k_unextractable is not None:
             out.append(
                 f"GSM8K-format responses without an extractable '#### <number>': {len(self.gsm8k_unextractable)}"
@@ -106,9 +110,9 @@ def mark_trained(tokenizer: Any, input_ids: list[int], labels: list[int]) -> str
 
 def check_split(
     dm: SFTDataModule, split: str, sources: list, positions: np.ndarray, max_examples: int = 5
-) -> SplitReport:
+) -> SplitCheck:
     """Tokenize a split without length limits (to see true lengths) and apply the configured limits to it."""
-    report = SplitReport(split=split, rows=len(positions))
+    report = SplitCheck(split=split, rows=len(positions))
     unlimited = replace(
         dm.tokenize_options, max_length=None, max_prompt_length=None, max_response_length=None
     )
@@ -183,29 +187,29 @@ def check_split(
     if gsm8k_hits * 2 >= max(len(totals), 1):  # most responses end in '#### N': GSM8K format
         report.gsm8k_unextractable = unextractable
     if kept_lengths:
-        report.padding_waste = _padding_waste(np.asarray(kept_lengths), dm)
+        report.padding_waste, report.packed_fill = _padding_waste(np.asarray(kept_lengths), dm)
     return report
 
 
-def _padding_waste(lengths: np.ndarray, dm: SFTDataModule) -> dict[str, float]:
-    """Fraction of computed tokens that are padding: shuffled padded batches, length-grouped, packed."""
+def _padding_waste(lengths: np.ndarray, dm: SFTDataModule) -> tuple[dict[str, float], float]:
+    """Fraction of computed tokens that are padding (shuffled padded batches, length-grouped, packed), and
+    how full packed sequences of the token budget are."""
     ones = np.ones_like(lengths)
     budget = max(dm.max_tokens_per_batch or dm.tokenize_options.max_length or 0, int(lengths.max()))
     padded = MicroBatchSampler(lengths, ones, dm.batch_size, seed=dm.seed).micro_batches(0)
     grouped = MicroBatchSampler(lengths, ones, max_tokens_per_batch=budget).micro_batches(0)
     packs = pack_best_fit_decreasing(lengths, budget)
-    return {
-        f"padded batches of {dm.batch_size} rows": padding_fraction(lengths, padded, packed=False),
-        f"length-grouped batches of <= {budget} tokens": padding_fraction(lengths, grouped, packed=False),
+    waste = {
+        f"padded batches of {dm.batch_size} rows": padding_fraction(lengths, padded),
+        f"length-grouped batches of <= {budget} tokens": padding_fraction(lengths, grouped),
+        # Packed rows are concatenated into one sequence of their own length (PackedCollator): no padding.
         f"packed into {budget}-token sequences": 0.0,
-        "(packed sequences are filled to": float(lengths.sum() / (len(packs) * budget)),
     }
+    return waste, 1.0 - padding_fraction(lengths, packs, budget=budget)
 
 
-def write_clean(path: str, report: SplitReport) -> int:
+def write_clean(path: str, report: SplitCheck) -> int:
     """Write the split's rows minus duplicates and malformed rows (the source rows, unchanged)."""
-    from lit_sft.commands.prepare import write_rows
-
     rows = []
     for part, keep in report.keep:
         inputs = np.unique(part.source_rows[keep])  # a split conversation is one source row
@@ -215,7 +219,7 @@ def write_clean(path: str, report: SplitReport) -> int:
     return len(rows)
 
 
-def check(dm: SFTDataModule, clean: str | None = None, out: Any = None) -> dict[str, SplitReport]:
+def check(dm: SFTDataModule, clean: str | None = None, out: Any = None) -> dict[str, SplitCheck]:
     """Run the checks on every split of ``dm``; print the reports; optionally write the cleaned train split."""
     out = out or sys.stdout
     reports = {}
@@ -257,10 +261,9 @@ def build_datamodule(args: list[str]) -> tuple[SFTDataModule, str | None]:
     parser.add_subclass_arguments(SFTModule, "model", required=False)
     config = parser.parse_args(args)
     model = config.get("model")
-    if model is not None:  # the same link as lit-sft fit: the model's tokenizer settings
-        init = model.init_args
-        config.data.init_args.tokenizer_name_or_path = init.tokenizer_name_or_path or init.model_name_or_path
-        config.data.init_args.chat_template = init.chat_template
+    if model is not None:  # the same links as lit-sft fit: the model's tokenizer settings
+        for link in MODEL_TO_DATA_LINKS:
+            config.data.init_args[link.data_option] = link.value(model.init_args)
     objects = parser.instantiate_classes(config)
     if not isinstance(objects.data, SFTDataModule):
         raise ConfigError("data check needs an SFTDataModule")

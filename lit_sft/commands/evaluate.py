@@ -16,9 +16,10 @@ import torch
 
 from lit_sft.errors import ConfigError
 from lit_sft.gguf import check_local_path, is_gguf, load_gguf_model
-from lit_sft.gsm8k.evaluation import evaluate_items, load_eval_set
+from lit_sft.gsm8k.evaluation import EvalSet, evaluate_items, load_eval_set
 from lit_sft.gsm8k.scoring import GSM8KAccuracy
-from lit_sft.hub import load_tokenizer
+from lit_sft.hub import load_tokenizer, torch_dtype
+from lit_sft.io import atomic_write
 
 
 def load_for_inference(
@@ -31,32 +32,25 @@ def load_for_inference(
     """Load ``(model, tokenizer)`` from a checkpoint, an HF directory, a peft adapter directory or a Hub id."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_dtype = {
-        "auto": "auto",
-        "float32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "float16": torch.float16,
-    }.get(dtype)
-    if torch_dtype is None:
-        raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16; got {dtype!r}")
+    target_dtype = torch_dtype(dtype)  # None: the checkpoint's own
     if model.endswith(".ckpt"):
-        from lit_sft.model.module import load_module
+        from lit_sft.model.build import load_module
 
         module = load_module(model)
         network = module.model
         tokenizer = load_tokenizer(
             module.tokenizer_name_or_path, chat_template or module.chat_template, trust_remote_code
         )
-        if torch_dtype != "auto":
-            network = network.to(torch_dtype)
+        if target_dtype is not None:
+            network = network.to(target_dtype)
     elif is_gguf(model):  # dequantized; tokenizer and chat template from the file
-        network = load_gguf_model(model, dtype=None if torch_dtype == "auto" else torch_dtype)
+        network = load_gguf_model(model, dtype=target_dtype)
         tokenizer = load_tokenizer(model, chat_template, trust_remote_code)
     else:
         from transformers import AutoModelForCausalLM
 
         check_local_path(model)
-        kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+        kwargs = {"dtype": target_dtype or "auto", "trust_remote_code": trust_remote_code}
         try:
             if os.path.isfile(os.path.join(model, "adapter_config.json")):
                 from peft import AutoPeftModelForCausalLM
@@ -68,6 +62,36 @@ def load_for_inference(
             raise ConfigError(f"cannot load a model from {model!r}: {error}") from None
         tokenizer = load_tokenizer(model, chat_template, trust_remote_code)
     return network.to(device).eval(), tokenizer
+
+
+def load_model_and_questions(
+    model: str,
+    data: str | list[str],
+    *,
+    prompt_key: str,
+    answer_key: str,
+    system_prompt: str | None,
+    max_samples: int | None,
+    dataset_config_name: str | None,
+    max_prompt_length: int | None,
+    device: str,
+    dtype: str,
+    chat_template: str | None,
+    trust_remote_code: bool,
+) -> tuple[Any, Any, EvalSet]:
+    """The set-up `evaluate` and `generate` share: ``(network, tokenizer, questions)``."""
+    network, tokenizer = load_for_inference(model, device, dtype, chat_template, trust_remote_code)
+    eval_set = load_eval_set(
+        tokenizer,
+        data,
+        prompt_key=prompt_key,
+        answer_key=answer_key,
+        system_prompt=system_prompt,
+        max_samples=max_samples,
+        max_prompt_length=max_prompt_length,
+        dataset_config_name=dataset_config_name,
+    )
+    return network, tokenizer, eval_set
 
 
 def evaluate(
@@ -110,16 +134,19 @@ def evaluate(
     Returns:
         ``{"questions", "strict", "flexible", "strict_invalid", "prompts_truncated", "seconds"}``.
     """
-    network, tokenizer = load_for_inference(model, device, dtype, chat_template, trust_remote_code)
-    eval_set = load_eval_set(
-        tokenizer,
+    network, tokenizer, eval_set = load_model_and_questions(
+        model,
         data,
         prompt_key=prompt_key,
         answer_key=answer_key,
         system_prompt=system_prompt,
         max_samples=max_samples,
-        max_prompt_length=max_prompt_length,
         dataset_config_name=dataset_config_name,
+        max_prompt_length=max_prompt_length,
+        device=device,
+        dtype=dtype,
+        chat_template=chat_template,
+        trust_remote_code=trust_remote_code,
     )
     started = time.monotonic()
     records = evaluate_items(
@@ -138,8 +165,7 @@ def evaluate(
         questions=float(len(records)), prompts_truncated=float(eval_set.num_truncated), seconds=seconds
     )
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w", encoding="utf-8") as handle:
+        with atomic_write(out) as handle:
             for record in records:
                 handle.write(json.dumps(record, default=str) + "\n")
     print(
@@ -158,7 +184,9 @@ def generate(
     prompt_key: str = "question",
     answer_key: str = "answer",
     system_prompt: str | None = None,
+    dataset_config_name: str | None = None,
     max_new_tokens: int = 256,
+    max_prompt_length: int | None = 1024,
     device: str = "auto",
     dtype: str = "auto",
     chat_template: str | None = None,
@@ -173,20 +201,27 @@ def generate(
         prompt_key: Column (or dotted path) of the question, or of a list of prompt messages.
         answer_key: Column (or dotted path) of the reference answer.
         system_prompt: System message for prompts without one.
+        dataset_config_name: Configuration of a Hub dataset (``main`` for ``openai/gsm8k``).
         max_new_tokens: Most tokens generated per answer.
+        max_prompt_length: Longer prompts keep their last tokens.
         device: ``auto``, ``cpu`` or ``cuda``.
         dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
         chat_template: A chat template (Jinja text or file) replacing the tokenizer's.
         trust_remote_code: Allow models with custom code.
     """
-    network, tokenizer = load_for_inference(model, device, dtype, chat_template, trust_remote_code)
-    eval_set = load_eval_set(
-        tokenizer,
+    network, tokenizer, eval_set = load_model_and_questions(
+        model,
         data,
         prompt_key=prompt_key,
         answer_key=answer_key,
         system_prompt=system_prompt,
         max_samples=num_samples,
+        dataset_config_name=dataset_config_name,
+        max_prompt_length=max_prompt_length,
+        device=device,
+        dtype=dtype,
+        chat_template=chat_template,
+        trust_remote_code=trust_remote_code,
     )
     records = evaluate_items(
         network, tokenizer, eval_set, list(range(len(eval_set))), max_new_tokens=max_new_tokens

@@ -2,14 +2,17 @@
 
 A `LightningCLI` over `SFTModule` and `SFTDataModule` (or subclasses named by ``class_path``). The
 model's tokenizer settings are linked into the data module so that they always agree. ``main(args)``
-runs it in-process (notebooks, tests); ``entry_point()`` is the console script, which prints lit_sft's
-errors as one clear line instead of a traceback.
+runs it in-process (notebooks, tests); ``entry_point()`` is the console script: it dispatches the other
+commands of `COMMANDS` (``lit-sft --help`` lists them all) and prints lit_sft's errors as one clear line
+instead of a traceback.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from jsonargparse import lazy_instance
@@ -30,6 +33,32 @@ def _first_set(*values: Any) -> Any:
     return next((value for value in values if value is not None), None)
 
 
+@dataclass(frozen=True)
+class ModelToDataLink:
+    """A data module option that takes its value from the model's options (the first of them that is set).
+
+    Attributes:
+        model_options: Model ``init_args`` names, in order of preference.
+        data_option: The data module ``init_args`` name they set.
+    """
+
+    model_options: tuple[str, ...]
+    data_option: str
+
+    def value(self, model_init_args: Any) -> Any:
+        """The linked value from a parsed model ``init_args`` namespace."""
+        return _first_set(*(model_init_args.get(name) for name in self.model_options))
+
+
+#: The model's tokenizer settings, which the data module must share: ``lit-sft fit``/``validate`` link them
+#: with ``parser.link_arguments``, ``lit-sft data check`` copies them the same way.
+MODEL_TO_DATA_LINKS: tuple[ModelToDataLink, ...] = (
+    ModelToDataLink(("tokenizer_name_or_path", "model_name_or_path"), "tokenizer_name_or_path"),
+    ModelToDataLink(("chat_template",), "chat_template"),
+    ModelToDataLink(("trust_remote_code",), "trust_remote_code"),
+)
+
+
 class SFTCLI(LightningCLI):
     """LightningCLI with the ``fit`` and ``validate`` subcommands and lit_sft's argument links."""
 
@@ -47,13 +76,13 @@ class SFTCLI(LightningCLI):
         preflight(self.trainer, self.model, self.datamodule)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.link_arguments(
-            ("model.init_args.tokenizer_name_or_path", "model.init_args.model_name_or_path"),
-            "data.init_args.tokenizer_name_or_path",
-            compute_fn=_first_set,
-        )
-        parser.link_arguments("model.init_args.chat_template", "data.init_args.chat_template")
-        parser.link_arguments("model.init_args.trust_remote_code", "data.init_args.trust_remote_code")
+        for link in MODEL_TO_DATA_LINKS:
+            sources = tuple(f"model.init_args.{name}" for name in link.model_options)
+            target = f"data.init_args.{link.data_option}"
+            if len(sources) == 1:
+                parser.link_arguments(sources[0], target)
+            else:
+                parser.link_arguments(sources, target, compute_fn=_first_set)
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -98,14 +127,59 @@ def main(args: ArgsType = None, run: bool = True) -> SFTCLI:
     )
 
 
-#: Commands besides LightningCLI's fit/validate: name -> (module, function taking the remaining args).
-COMMANDS = {
-    "evaluate": "lit_sft.commands.evaluate",
-    "generate": "lit_sft.commands.evaluate",
-    "prepare": "lit_sft.commands.prepare",
-    "data": "lit_sft.commands.data_check",
-    "export": "lit_sft.inference.export",
-}
+@dataclass(frozen=True)
+class Command:
+    """One ``lit-sft`` command.
+
+    Attributes:
+        name: As typed (``data check``); its first word selects it.
+        help: One line for ``lit-sft --help``.
+        module: The module whose ``main(command, args)`` runs it (``command`` is the first word, ``args``
+            the words after it); None for the LightningCLI subcommands of `SFTCLI`.
+    """
+
+    name: str
+    help: str
+    module: str | None = None
+
+    @property
+    def word(self) -> str:
+        """The first word of the name, which selects the command."""
+        return self.name.split()[0]
+
+
+#: Every ``lit-sft`` command, in the order ``lit-sft --help`` lists them.
+COMMANDS: tuple[Command, ...] = (
+    Command("fit", "Train a model: lit-sft fit --config FILE [--config FILE ...] [--ckpt_path last.ckpt]."),
+    Command("validate", "Validation loss of a checkpoint: lit-sft validate --config FILE --ckpt_path CKPT."),
+    Command("evaluate", "GSM8K accuracy of a model by greedy generation.", "lit_sft.commands.evaluate"),
+    Command(
+        "generate", "Print a few generations next to their reference answers.", "lit_sft.commands.evaluate"
+    ),
+    Command(
+        "prepare",
+        "Convert raw datasets (GSM8K, ShareGPT/OpenAI chat) to training rows.",
+        "lit_sft.commands.prepare",
+    ),
+    Command("data check", "Read the data as training would and report on it.", "lit_sft.commands.data_check"),
+    Command("export", "Convert a checkpoint into a Hugging Face model directory.", "lit_sft.commands.export"),
+    Command(
+        "verl", "Run verl's SFT trainer command line (key=value overrides) with lit_sft.", "lit_sft.commands.verl"
+    ),
+)
+
+
+def find_command(word: str) -> Command | None:
+    """The command selected by ``word`` (the first word on the command line), if any."""
+    return next((command for command in COMMANDS if command.word == word), None)
+
+
+def commands_help() -> str:
+    """``lit-sft --help``: the usage line and every command with its one line."""
+    width = max(len(command.name) for command in COMMANDS)
+    lines = ["usage: lit-sft COMMAND [options]   (lit-sft COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {command.name.ljust(width)}  {command.help}" for command in COMMANDS]
+    return "\n".join(lines)
 
 
 def close_process_group() -> None:
@@ -124,14 +198,16 @@ def close_process_group() -> None:
 
 
 def entry_point(argv: list[str] | None = None) -> None:
-    """The ``lit-sft`` console script: ``fit``/``validate`` (LightningCLI), ``evaluate``, ``generate``."""
+    """The ``lit-sft`` console script: runs one of `COMMANDS`; without one (or with ``--help``) lists them."""
     words = sys.argv[1:] if argv is None else argv
+    if not words or words[0] in ("-h", "--help"):
+        print(commands_help())
+        sys.exit(0 if words else 2)
+    command = find_command(words[0])
     try:
-        if words and words[0] in COMMANDS:
+        if command is not None and command.module is not None:
             configure_logging()
-            import importlib
-
-            importlib.import_module(COMMANDS[words[0]]).main(words[0], words[1:])
+            importlib.import_module(command.module).main(command.word, words[1:])
         else:
             main(argv)
             close_process_group()

@@ -2,7 +2,7 @@
 
 * ``lit-sft prepare gsm8k --source <dir of jsonl | Hub id> --out DIR`` writes GSM8K in verl's
   single-turn SFT/RL parquet format (``DIR/{train,test}.parquet``) and as ``messages`` rows
-  (``DIR/multiturn/{train,test}.parquet``).
+  (``DIR/multiturn/{train,test}.parquet``); see `lit_sft.gsm8k.prepare`.
 * ``lit-sft prepare chat --source FILE --out FILE`` converts ShareGPT-style (``conversations`` of
   ``{from, value}``) or OpenAI-style (``messages`` with ``tools`` and assistant ``tool_calls``) data into
   lit_sft's ``messages`` + ``tools`` rows, validating every row and counting what it drops.
@@ -11,108 +11,15 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from lit_sft.data.conversation import normalize_messages, parse_tools
-from lit_sft.gsm8k.scoring import extract_strict
+from lit_sft.data.conversation import normalize_messages, parse_tool_arguments, parse_tools
 from lit_sft.data.sources import load_source
 from lit_sft.errors import ConfigError, InvalidRow
-
-#: The instruction verl appends to every GSM8K question.
-GSM8K_INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
-
-
-def write_rows(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write rows as parquet or jsonl (by the file ending), atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    if path.endswith(".parquet"):
-        pq.write_table(pa.Table.from_pylist(list(rows)), temporary)
-    elif path.endswith((".jsonl", ".json")):
-        with open(temporary, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    else:
-        raise ConfigError(f"{path}: write .parquet or .jsonl")
-    os.replace(temporary, path)
-
-
-def _gsm8k_split(source: str, split: str, config_name: str) -> Any:
-    if os.path.isdir(source):
-        for ending in (".jsonl", ".parquet", ".json"):
-            path = os.path.join(source, f"{split}{ending}")
-            if os.path.isfile(path):
-                return load_source(path).dataset
-        raise ConfigError(f"{source}: no {split}.jsonl or {split}.parquet")
-    return load_source(f"{source}:{split}", config_name=config_name).dataset
-
-
-def gsm8k(
-    source: str,
-    out: str,
-    splits: list[str] | None = None,
-    instruction: str = GSM8K_INSTRUCTION,
-    config_name: str = "main",
-) -> dict[str, int]:
-    """Write GSM8K in verl's formats: ``OUT/{split}.parquet`` (single-turn) and ``OUT/multiturn/{split}.parquet``.
-
-    Single-turn rows: ``data_source``, ``prompt`` (a user message: the question and the instruction),
-    ``response`` (the reference solution), ``ability``, ``reward_model`` (``{style: rule, ground_truth}``
-    with the numeric answer) and ``extra_info`` (split, index, question, answer, ground_truth). Multi-turn
-    rows: ``messages`` (the same user message, then the solution as the assistant turn).
-
-    Args:
-        source: A directory with ``train.jsonl``/``test.jsonl`` (OpenAI's release) or a Hub id (``openai/gsm8k``).
-        out: The output directory.
-        splits: Splits to convert (default: train and test).
-        instruction: Appended to each question (verl's by default).
-        config_name: Hub configuration (``main``).
-
-    Returns:
-        Rows written per split.
-    """
-    written = {}
-    for split in splits or ["train", "test"]:
-        single, multi = [], []
-        for index, row in enumerate(_gsm8k_split(source, split, config_name)):
-            question, answer = row.get("question"), row.get("answer")
-            ground_truth = extract_strict(answer) if isinstance(answer, str) else None
-            if not isinstance(question, str) or not question.strip() or ground_truth is None:
-                raise ConfigError(
-                    f"{source} {split}, row {index}: not a GSM8K row (question, answer ending in '#### N')"
-                )
-            prompt = f"{question} {instruction}".strip()
-            single.append(
-                {
-                    "data_source": "openai/gsm8k",
-                    "prompt": [{"role": "user", "content": prompt}],
-                    "response": answer,
-                    "ability": "math",
-                    "reward_model": {"style": "rule", "ground_truth": ground_truth},
-                    "extra_info": {
-                        "split": split,
-                        "index": index,
-                        "question": question,
-                        "answer": answer,
-                        "ground_truth": ground_truth,
-                    },
-                }
-            )
-            multi.append(
-                {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
-            )
-        write_rows(os.path.join(out, f"{split}.parquet"), single)
-        write_rows(os.path.join(out, "multiturn", f"{split}.parquet"), multi)
-        written[split] = len(single)
-        print(f"gsm8k {split}: {len(single)} rows -> {out}/{split}.parquet, {out}/multiturn/{split}.parquet")
-    return written
-
+from lit_sft.gsm8k.prepare import gsm8k
+from lit_sft.io import write_rows
 
 #: ShareGPT speaker names and the roles they become.
 SHAREGPT_ROLES = {
@@ -129,19 +36,21 @@ SHAREGPT_ROLES = {
 }
 
 
-def _tool_call(function: Mapping[str, Any], call_id: str | None = None) -> dict[str, Any]:
-    arguments = function.get("arguments", {})
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError:
-            raise InvalidRow(
-                "tool_calls", "tool call arguments are not valid JSON", "invalid_tool_call"
-            ) from None
+def _tool_call(function: Mapping[str, Any], where: str, call_id: str | None = None) -> dict[str, Any]:
+    arguments = parse_tool_arguments(function.get("arguments", {}), f"{where}.arguments")
     call = {"type": "function", "function": {"name": function.get("name"), "arguments": arguments}}
     if call_id:
         call["id"] = call_id
     return call
+
+
+def _openai_tool_call(call: Any, where: str) -> Any:
+    """An OpenAI tool call (``{id, type, function: {name, arguments}}``, or a bare ``{name, arguments}``)."""
+    if not isinstance(call, Mapping):
+        return call  # normalize_messages names it
+    if "function" in call:
+        return _tool_call(call["function"], f"{where}.function", call.get("id"))
+    return _tool_call(call, where, call.get("id"))
 
 
 def from_sharegpt(row: Mapping[str, Any], key: str = "conversations") -> dict[str, Any]:
@@ -166,7 +75,11 @@ def from_sharegpt(row: Mapping[str, Any], key: str = "conversations") -> dict[st
                 ) from None
             calls = call if isinstance(call, list) else [call]
             messages.append(
-                {"role": "assistant", "content": None, "tool_calls": [_tool_call(c) for c in calls]}
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [_tool_call(c, f"{key}[{index}].value") for c in calls],
+                }
             )
         else:
             messages.append({"role": SHAREGPT_ROLES[speaker], "content": value})
@@ -182,7 +95,7 @@ def from_openai(row: Mapping[str, Any], key: str = "messages") -> dict[str, Any]
     if not isinstance(raw, Sequence) or isinstance(raw, str):
         raise InvalidRow(key, "expected a list of messages", "invalid_messages")
     messages = []
-    for message in raw:
+    for index, message in enumerate(raw):
         message = (
             {k: v for k, v in dict(message).items() if v is not None}
             if isinstance(message, Mapping)
@@ -193,7 +106,8 @@ def from_openai(row: Mapping[str, Any], key: str = "messages") -> dict[str, Any]
                 message["role"] = "system"
             if message.get("tool_calls"):
                 message["tool_calls"] = [
-                    _tool_call(call.get("function", call), call.get("id")) for call in message["tool_calls"]
+                    _openai_tool_call(call, f"{key}[{index}].tool_calls[{number}]")
+                    for number, call in enumerate(message["tool_calls"])
                 ]
         messages.append(message)
     return {"messages": messages, "tools": parse_tools(row.get("tools"), "tools")}

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lit_sft.data.tokenize import IGNORE_INDEX
+from lit_sft.batch import IGNORE_INDEX, TextBatch
 
 
 class PaddingCollator:
@@ -26,7 +26,7 @@ class PaddingCollator:
 
     def __call__(
         self, input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]]
-    ) -> dict[str, torch.Tensor]:
+    ) -> TextBatch:
         """Pad ``input_ids`` and ``labels`` (lists of rows) into ``input_ids``, ``attention_mask``, ``labels``."""
         length = max(len(row) for row in input_ids)
         if self.pad_to_multiple_of:
@@ -53,7 +53,7 @@ class PackedCollator:
 
     def __call__(
         self, input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]]
-    ) -> dict[str, torch.Tensor]:
+    ) -> TextBatch:
         """Pack ``input_ids`` and ``labels`` (lists of rows) into ``input_ids``, ``labels``, ``position_ids``."""
         ids = torch.as_tensor([token for row in input_ids for token in row], dtype=torch.long)
         row_labels = [torch.as_tensor(row, dtype=torch.long) for row in labels]
@@ -67,7 +67,7 @@ class PackedCollator:
         }
 
 
-def add_targets(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def add_targets(batch: TextBatch) -> TextBatch:
     """Add ``target_index`` (flat positions into ``(batch * seq)`` that predict a trained token) and
     ``target_ids`` (those tokens), computed here, on the host.
 

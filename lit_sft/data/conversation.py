@@ -43,6 +43,11 @@ class FormatOptions:
         assistant_turns: Train ``all`` assistant turns of a ``messages`` row, or the ``last`` only.
         system_prompt: A system message prepended to conversations that have none.
         multimodal: Accept content given as a list of text and image parts.
+        struct_nulls: The rows come from an Arrow schema (parquet, Hub datasets), where a struct column
+            gives every row every key any row has, the missing ones as null. Null-valued keys are then
+            dropped inside tool schemas and tool-call arguments, since they cannot be told apart from
+            keys that were never written (store them as JSON strings to keep explicit nulls). Set per
+            source by the data module.
     """
 
     format: RowFormat = "auto"
@@ -53,6 +58,7 @@ class FormatOptions:
     assistant_turns: AssistantTurns = "all"
     system_prompt: str | None = None
     multimodal: bool = False
+    struct_nulls: bool = False
 
 
 @dataclass
@@ -152,36 +158,87 @@ def _check_content(message: Mapping[str, Any], where: str, multimodal: bool = Fa
         raise InvalidRow(f"{where}.content", "content is empty", kind="invalid_content")
 
 
-def _normalize_tool_calls(calls: Any, where: str) -> list[dict[str, Any]]:
-    """Tool calls as templates expect them: None-valued keys removed, JSON-string arguments parsed."""
+def parse_tool_arguments(arguments: Any, field_name: str) -> Any:
+    """Tool-call arguments as templates expect them: a JSON string becomes its object (an empty string
+    none); anything else is returned as it is.
+
+    Raises:
+        InvalidRow: For a string that is not valid JSON, naming ``field_name``.
+    """
+    if not isinstance(arguments, str):
+        return arguments
+    try:
+        return json.loads(arguments) if arguments.strip() else {}
+    except (json.JSONDecodeError, RecursionError):
+        raise InvalidRow(field_name, "not valid JSON", kind="invalid_tool_call") from None
+
+
+def without_nulls(value: Any) -> Any:
+    """``value`` with every null-valued mapping key removed, at any depth (list items are kept)."""
+    if isinstance(value, Mapping):
+        return {key: without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list | tuple):
+        return [without_nulls(item) for item in value]
+    return value
+
+
+def _normalize_tool_calls(calls: Any, where: str, struct_nulls: bool = False) -> list[dict[str, Any]]:
+    """Tool calls as templates expect them: None-valued keys removed, JSON-string arguments parsed.
+
+    A call needs a ``function`` mapping with a non-empty string ``name`` and ``arguments`` that are a JSON
+    object (a mapping, or a JSON string of one).
+    """
     if not isinstance(calls, Sequence) or isinstance(calls, str | bytes):
         raise InvalidRow(f"{where}.tool_calls", "tool_calls must be a list", kind="invalid_tool_call")
     normalized = []
     for index, call in enumerate(calls):
+        at = f"{where}.tool_calls[{index}]"
         if not isinstance(call, Mapping):
-            raise InvalidRow(
-                f"{where}.tool_calls[{index}]", "a tool call must be a mapping", kind="invalid_tool_call"
-            )
+            raise InvalidRow(at, "a tool call must be a mapping", kind="invalid_tool_call")
         call = {key: value for key, value in call.items() if value is not None}
         function = call.get("function")
-        if isinstance(function, Mapping):
-            function = {key: value for key, value in function.items() if value is not None}
-            arguments = function.get("arguments")
-            if isinstance(arguments, str):
-                try:
-                    function["arguments"] = json.loads(arguments) if arguments.strip() else {}
-                except json.JSONDecodeError:
-                    raise InvalidRow(
-                        f"{where}.tool_calls[{index}].function.arguments",
-                        "not valid JSON",
-                        kind="invalid_tool_call",
-                    ) from None
-            call["function"] = function
+        if not isinstance(function, Mapping):
+            got = "missing" if function is None else f"a {type(function).__name__}"
+            raise InvalidRow(
+                f"{at}.function", f"a tool call needs a function mapping, got {got}", kind="invalid_tool_call"
+            )
+        function = {key: value for key, value in function.items() if value is not None}
+        name = function.get("name")
+        if not isinstance(name, str) or not name.strip():
+            got = "missing" if name is None else repr(name) if isinstance(name, str) else type(name).__name__
+            raise InvalidRow(
+                f"{at}.function.name",
+                f"the function name must be a non-empty string, got {got}",
+                "invalid_tool_call",
+            )
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            arguments = parse_tool_arguments(arguments, f"{at}.function.arguments")
+        elif struct_nulls and isinstance(arguments, Mapping):
+            arguments = without_nulls(arguments)
+        if not isinstance(arguments, Mapping):
+            got = "missing" if arguments is None else f"JSON {type(arguments).__name__}"
+            raise InvalidRow(
+                f"{at}.function.arguments",
+                f"arguments must be a JSON object (or a JSON string of one), got {got}",
+                kind="invalid_tool_call",
+            )
+        function["arguments"] = arguments
+        call["function"] = function
         normalized.append(call)
     return normalized
 
 
-def normalize_messages(value: Any, field_name: str, multimodal: bool = False) -> list[dict[str, Any]]:
+def _check_weight(message: Mapping[str, Any], where: str) -> None:
+    """``weight`` (OpenAI's fine-tuning convention) is 0 or 1; ``"0"`` would otherwise train the turn."""
+    weight = message.get("weight", 1)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight not in (0, 1):
+        raise InvalidRow(f"{where}.weight", f"weight must be 0 or 1, got {weight!r}", kind="invalid_weight")
+
+
+def normalize_messages(
+    value: Any, field_name: str, multimodal: bool = False, struct_nulls: bool = False
+) -> list[dict[str, Any]]:
     """Validate a list of chat messages and return clean copies (None-valued keys removed).
 
     Raises:
@@ -213,14 +270,20 @@ def normalize_messages(value: Any, field_name: str, multimodal: bool = False) ->
                 "unknown_role",
             )
         _check_content(message, where, multimodal)
+        if "weight" in message:
+            _check_weight(message, where)
         if "tool_calls" in message:
-            message["tool_calls"] = _normalize_tool_calls(message["tool_calls"], where)
+            message["tool_calls"] = _normalize_tool_calls(message["tool_calls"], where, struct_nulls)
         messages.append(message)
     return messages
 
 
-def parse_tools(value: Any, field_name: str) -> list[dict[str, Any]] | None:
-    """Tool schemas from a list of mappings or a JSON string of one; None or empty means no tools."""
+def parse_tools(value: Any, field_name: str, struct_nulls: bool = False) -> list[dict[str, Any]] | None:
+    """Tool schemas from a list of mappings or a JSON string of one; None or empty means no tools.
+
+    With ``struct_nulls`` (see `FormatOptions`), null-valued keys are dropped from mappings (not from a
+    JSON string, which keeps what was written).
+    """
     if value is None:
         return None
     if isinstance(value, str):
@@ -230,22 +293,42 @@ def parse_tools(value: Any, field_name: str) -> list[dict[str, Any]] | None:
             value = json.loads(value)
         except json.JSONDecodeError as error:
             raise InvalidRow(field_name, f"tools is not valid JSON ({error.msg})", "invalid_tools") from None
-    if not isinstance(value, Sequence) or not all(isinstance(tool, Mapping) for tool in value):
+        except RecursionError:
+            raise InvalidRow(field_name, "tools is nested too deeply", "invalid_tools") from None
+    elif struct_nulls:
+        value = without_nulls(value)
+    if (
+        not isinstance(value, Sequence)
+        or isinstance(value, str)
+        or not all(isinstance(t, Mapping) for t in value)
+    ):
         raise InvalidRow(field_name, "tools must be a list of JSON schemas (mappings)", "invalid_tools")
+    for index, tool in enumerate(value):
+        name = _tool_name(tool)
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidRow(
+                f"{field_name}[{index}]", "a tool schema needs a non-empty string name", "invalid_tools"
+            )
     return [dict(tool) for tool in value] or None
 
 
 def _messages_conversation(row: Mapping[str, Any], options: FormatOptions) -> Conversation:
     messages = normalize_messages(
-        get_path(row, options.messages_key), options.messages_key, options.multimodal
+        get_path(row, options.messages_key), options.messages_key, options.multimodal, options.struct_nulls
     )
     assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1) != 0]
     if options.assistant_turns == "last":
         assistant = assistant[-1:]
     trained = [i in assistant for i in range(len(messages))]
-    tools = parse_tools(row.get(options.tools_key), options.tools_key) if options.tools_key in row else None
+    tools = _row_tools(row, options)
     check_tool_use(messages, tools, options.messages_key)
     return Conversation(messages=messages, trained=trained, tools=tools, field=options.messages_key)
+
+
+def _row_tools(row: Mapping[str, Any], options: FormatOptions) -> list[dict[str, Any]] | None:
+    if options.tools_key not in row:
+        return None
+    return parse_tools(row[options.tools_key], options.tools_key, options.struct_nulls)
 
 
 def _tool_name(tool: Mapping[str, Any]) -> Any:
@@ -308,7 +391,9 @@ def prompt_messages(row: Mapping[str, Any], options: FormatOptions) -> list[dict
     elif prompt is None:
         raise InvalidRow(options.prompt_key, "prompt is null", kind="invalid_content")
     else:
-        messages = normalize_messages(prompt, options.prompt_key)
+        messages = normalize_messages(prompt, options.prompt_key, struct_nulls=options.struct_nulls)
+        # Checked before the system prompt is inserted, so that errors name the row's own indices.
+        check_tool_use(messages, _row_tools(row, options), options.prompt_key)
     if options.system_prompt is not None and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": options.system_prompt})
     return messages
@@ -329,7 +414,7 @@ def _prompt_response_conversation(row: Mapping[str, Any], options: FormatOptions
         raise InvalidRow(options.response_key, "response is empty", kind="invalid_content")
     messages.append({"role": "assistant", "content": response})
     trained = [False] * (len(messages) - 1) + [True]
-    tools = parse_tools(row.get(options.tools_key), options.tools_key) if options.tools_key in row else None
+    tools = _row_tools(row, options)
     return Conversation(messages=messages, trained=trained, tools=tools, field=options.prompt_key)
 
 

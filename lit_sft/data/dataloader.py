@@ -9,9 +9,9 @@ import datasets
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lit_sft.batch import IGNORE_INDEX, TextBatch
 from lit_sft.data.collate import PackedCollator, PaddingCollator, add_targets
 from lit_sft.data.sampler import MicroBatch, MicroBatchSampler
-from lit_sft.data.tokenize import IGNORE_INDEX
 
 
 class MicroBatchDataset(Dataset):
@@ -28,7 +28,7 @@ class MicroBatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, micro_batch: MicroBatch) -> dict[str, Any]:  # type: ignore[override]
+    def __getitem__(self, micro_batch: MicroBatch) -> TextBatch:  # type: ignore[override]
         rows = self.dataset[list(micro_batch.indices)]
         batch = self.collator(
             *(rows[name] for name in getattr(self.collator, "columns", ("input_ids", "labels")))

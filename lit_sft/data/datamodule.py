@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import datasets
@@ -15,7 +16,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from lit_sft.data.collate import PackedCollator, PaddingCollator
 from lit_sft.data.conversation import AssistantTurns, FormatOptions, RowFormat
 from lit_sft.data.dataloader import MicroBatchDataset, ResumableDataLoader
-from lit_sft.data.sources import Source, expand_specs, load_source
+from lit_sft.data.sampler import MicroBatchSampler
+from lit_sft.data.sources import Source, expand_specs, is_local_path, load_sources
 from lit_sft.data.splits import (
     RowTokenizer,
     SplitSummary,
@@ -24,11 +26,10 @@ from lit_sft.data.splits import (
     split_positions,
     tokenize_split,
 )
-from lit_sft.data.sampler import MicroBatchSampler
 from lit_sft.data.tokenize import RewrittenTurns, TokenizeOptions, Truncation
-from lit_sft.training.distributed import data_parallel_layout
 from lit_sft.errors import ConfigError, DataFileError
-from lit_sft.hub import load_tokenizer
+from lit_sft.hub import TokenizerOwner
+from lit_sft.training.distributed import data_parallel_layout
 
 log = logging.getLogger("lit_sft")
 
@@ -37,7 +38,7 @@ log = logging.getLogger("lit_sft")
 MODEL_OWNED = ("tokenizer_name_or_path", "chat_template", "trust_remote_code")
 
 
-class SFTDataModule(LightningDataModule):
+class SFTDataModule(TokenizerOwner, LightningDataModule):
     """Supervised fine-tuning data: prompt/response or multi-turn chat rows, masked so that only assistant
     tokens are trained.
 
@@ -81,6 +82,13 @@ class SFTDataModule(LightningDataModule):
         skip_invalid_rows: Drop malformed rows and count them instead of stopping with an error.
         dataset_config_name: Configuration name of Hub datasets (``main`` for ``openai/gsm8k``).
         batch_size: Rows per micro-batch on each device (when ``max_tokens_per_batch`` is not set).
+        global_batch_size: Rows per optimizer step over all data-parallel ranks (verl's
+            ``data.train_batch_size``). The gradient accumulation is derived from it: global_batch_size /
+            (batch_size x data-parallel size), an error when that does not divide or when
+            ``trainer.accumulate_grad_batches`` says otherwise. With ``packing``, each micro-batch packs
+            its ``batch_size`` rows into one sequence (no ``max_tokens_per_batch``).
+        drop_last: Drop each epoch's last optimizer step when its rows do not fill it (as verl does);
+            fixed-size micro-batches only.
         val_batch_size: Rows per validation batch (default: ``batch_size``).
         max_tokens_per_batch: A token budget per micro-batch instead of a row count: with ``packing``, the
             length of each packed sequence (default: ``max_length``); without, length-grouped padded
@@ -96,6 +104,8 @@ class SFTDataModule(LightningDataModule):
         cache_dir: ``datasets`` cache directory.
         trust_remote_code: Passed to ``AutoTokenizer.from_pretrained``.
     """
+
+    _no_tokenizer_path = "data.tokenizer_name_or_path is not set (the CLI links it to the model's)"
 
     def __init__(
         self,
@@ -123,6 +133,8 @@ class SFTDataModule(LightningDataModule):
         skip_invalid_rows: bool = False,
         dataset_config_name: str | None = None,
         batch_size: int = 8,
+        global_batch_size: int | None = None,
+        drop_last: bool = False,
         val_batch_size: int | None = None,
         max_tokens_per_batch: int | None = None,
         packing: bool = False,
@@ -142,7 +154,14 @@ class SFTDataModule(LightningDataModule):
             raise ConfigError(f"data.val_ratio must be in [0, 1), got {val_ratio}")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
-        if packing and max_tokens_per_batch is None:
+        if global_batch_size is not None and (global_batch_size < 1 or max_tokens_per_batch is not None):
+            raise ConfigError(
+                "data.global_batch_size counts rows: it needs fixed-size micro-batches (data.batch_size), "
+                f"not data.max_tokens_per_batch, and must be positive; got {global_batch_size}"
+            )
+        if drop_last and max_tokens_per_batch is not None:
+            raise ConfigError("data.drop_last needs fixed-size micro-batches (data.batch_size), not max_tokens_per_batch")
+        if packing and max_tokens_per_batch is None and global_batch_size is None:
             if max_length is None:
                 raise ConfigError("data.packing needs data.max_tokens_per_batch (or data.max_length)")
             max_tokens_per_batch = max_length
@@ -177,6 +196,7 @@ class SFTDataModule(LightningDataModule):
         self.skip_invalid_rows = skip_invalid_rows
         self.dataset_config_name = dataset_config_name
         self.batch_size = batch_size
+        self.global_batch_size, self.drop_last = global_batch_size, drop_last
         self.val_batch_size = val_batch_size or batch_size
         self.max_tokens_per_batch, self.packing = max_tokens_per_batch, packing
         self.pad_to_multiple_of = pad_to_multiple_of
@@ -187,18 +207,6 @@ class SFTDataModule(LightningDataModule):
         self.train_dataset: datasets.Dataset | None = None
         self.val_dataset: datasets.Dataset | None = None
         self.summaries: dict[str, SplitSummary] = {}
-        self._tokenizer: Any = None
-
-    @property
-    def tokenizer(self) -> Any:
-        """The tokenizer, loaded on first use."""
-        if self._tokenizer is None:
-            if not self.tokenizer_name_or_path:
-                raise ConfigError("data.tokenizer_name_or_path is not set (the CLI links it to the model's)")
-            self._tokenizer = load_tokenizer(
-                self.tokenizer_name_or_path, self.chat_template, self.trust_remote_code
-            )
-        return self._tokenizer
 
     def preflight_problems(self) -> list[str]:
         """Problems visible before reading any data: local data files that do not exist."""
@@ -206,8 +214,7 @@ class SFTDataModule(LightningDataModule):
         for key in ("train_files", "val_files"):
             try:
                 for spec in expand_specs(getattr(self, key)):
-                    local = spec.startswith((".", "/", "~")) or (os.sep in spec and os.path.splitext(spec)[1])
-                    if local and not os.path.exists(os.path.expanduser(spec)):
+                    if is_local_path(spec) and not os.path.exists(os.path.expanduser(spec)):
                         problems.append(f"data.{key}: {spec}: no such file")
             except DataFileError as error:
                 problems.append(f"data.{key}: {error}")
@@ -215,20 +222,22 @@ class SFTDataModule(LightningDataModule):
 
     def _load(self, specs: str | Sequence[str] | None, default_split: str) -> list[Source]:
         return [
-            load_source(
+            source
+            for spec in expand_specs(specs)
+            for source in load_sources(
                 spec,
                 config_name=self.dataset_config_name,
                 cache_dir=self.cache_dir,
                 default_split=default_split,
             )
-            for spec in expand_specs(specs)
         ]
 
     def row_tokenizer(self, source: Source, tokenize_options: TokenizeOptions | None = None) -> RowTokenizer:
         """The ``datasets.map`` function for ``source`` (its format resolved and its columns checked)."""
         row_format = check_columns(source, self.format_options)
         options = tokenize_options or self.tokenize_options
-        return RowTokenizer(self.tokenizer, row_format, self.format_options, options, self.template_kwargs)
+        format_options = replace(self.format_options, struct_nulls=source.typed)
+        return RowTokenizer(self.tokenizer, row_format, format_options, options, self.template_kwargs)
 
     def plan_splits(self) -> dict[str, tuple[list[Source], np.ndarray]]:
         """Load the sources and choose each split's rows: ``{split: (sources, row positions)}``.
@@ -276,7 +285,16 @@ class SFTDataModule(LightningDataModule):
         self._build()
 
     def setup(self, stage: str | None = None) -> None:
-        """Load the tokenized splits (from the cache after `prepare_data`) and print one line per split."""
+        """Load the tokenized splits (from the cache after `prepare_data`) and print one line per split.
+
+        With ``global_batch_size``, also set the trainer's ``accumulate_grad_batches`` (before any step).
+        """
+        trainer = getattr(self, "trainer", None)
+        if self.global_batch_size is not None and trainer is not None:
+            data_parallel_size, _ = data_parallel_layout(trainer)
+            trainer.accumulate_grad_batches = accumulation_for(
+                self.global_batch_size, self.batch_size, data_parallel_size, trainer.accumulate_grad_batches
+            )
         self._build()
         self._log_summaries()
 
@@ -306,12 +324,13 @@ class SFTDataModule(LightningDataModule):
             column(dataset, "num_trained"),
             batch_size,
             max_tokens_per_batch=self.max_tokens_per_batch,
-            packing=self.packing,
+            packing=self.packing and self.max_tokens_per_batch is not None,
             shuffle=shuffle,
             seed=self.seed,
             num_replicas=world_size,
             rank=rank,
             accumulate_grad_batches=accumulate,
+            drop_last=self.drop_last and shuffle,
         )
 
     def _consumed(self) -> int:
@@ -347,3 +366,27 @@ class SFTDataModule(LightningDataModule):
         if self.val_dataset is None:
             return []
         return self._loader(self.val_dataset, self._sampler(self.val_dataset, self.val_batch_size, False, 1))
+
+
+def accumulation_for(global_batch_size: int, batch_size: int, data_parallel_size: int, configured: int = 1) -> int:
+    """Micro-batches per optimizer step on each rank so that a step sees ``global_batch_size`` rows.
+
+    Args:
+        global_batch_size: Rows per optimizer step over all data-parallel ranks.
+        batch_size: Rows per micro-batch.
+        data_parallel_size: Ranks that see different rows.
+        configured: ``trainer.accumulate_grad_batches`` as configured (1, Lightning's default, means unset).
+    """
+    per_round = batch_size * data_parallel_size
+    if global_batch_size % per_round:
+        raise ConfigError(
+            f"data.global_batch_size={global_batch_size} does not divide by data.batch_size ({batch_size}) x "
+            f"data-parallel size ({data_parallel_size}) = {per_round}"
+        )
+    accumulation = global_batch_size // per_round
+    if configured not in (1, accumulation):
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches={configured} disagrees with data.global_batch_size="
+            f"{global_batch_size} ({batch_size} rows x {data_parallel_size} ranks x {accumulation}): set one of them"
+        )
+    return accumulation

@@ -112,10 +112,19 @@ def token_budget_batches(lengths: Sequence[int] | np.ndarray, budget: int) -> li
     return batches
 
 
-def padding_fraction(lengths: np.ndarray, batches: Sequence[np.ndarray], packed: bool) -> float:
-    """Fraction of the tokens a set of micro-batches computes on that are padding."""
+def padding_fraction(lengths: np.ndarray, batches: Sequence[np.ndarray], budget: int | None = None) -> float:
+    """Fraction of the tokens a set of micro-batches computes on that are padding.
+
+    Args:
+        lengths: Token count of every row.
+        batches: Row indices of each micro-batch.
+        budget: None: every row of a batch is padded to the batch's longest row. A token count: every batch
+            is one sequence of exactly ``budget`` tokens (rows packed into fixed-size sequences), so the
+            padding is what the rows leave unfilled.
+    """
     real = int(sum(int(lengths[batch].sum()) for batch in batches))
-    if packed:
-        return 0.0
-    computed = int(sum(len(batch) * int(lengths[batch].max()) for batch in batches if len(batch)))
+    if budget is not None:
+        computed = len(batches) * budget
+    else:
+        computed = int(sum(len(batch) * int(lengths[batch].max()) for batch in batches if len(batch)))
     return 1.0 - real / max(computed, 1)

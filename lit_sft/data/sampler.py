@@ -7,7 +7,8 @@ and their order shuffled every epoch).
 The plan is computed identically on every rank from the row lengths and a seed, so each micro-batch can
 carry the number of trained tokens of its *whole optimizer step* (all micro-batches, all ranks) without
 any communication. The loss divides by that number, which makes it a true per-token mean over the
-optimizer step whatever the micro-batch size, gradient accumulation or world size (design invariant 6).
+optimizer step: every trained token weighs the same whatever the micro-batch size, gradient
+accumulation or world size.
 
 Every rank gets the same number of micro-batches; when the rows do not divide evenly, the last ranks get
 padding micro-batches whose labels are all masked (weight 0), so no rank waits for another and no row is
@@ -24,6 +25,7 @@ import numpy as np
 from torch.utils.data import DistributedSampler
 
 from lit_sft.data.grouping import fixed_size_batches, pack_best_fit_decreasing, token_budget_batches
+from lit_sft.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class MicroBatchSampler(DistributedSampler):
         num_replicas: Number of data-parallel ranks.
         rank: This rank.
         accumulate_grad_batches: Micro-batches per optimizer step on each rank.
+        drop_last: Drop the rows of each epoch's last optimizer step when they do not fill it (fixed-size
+            micro-batches only).
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class MicroBatchSampler(DistributedSampler):
         num_replicas: int = 1,
         rank: int = 0,
         accumulate_grad_batches: int = 1,
+        drop_last: bool = False,
     ) -> None:
         if max_tokens_per_batch is None and (batch_size is None or batch_size < 1):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -90,12 +95,18 @@ class MicroBatchSampler(DistributedSampler):
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.max_tokens_per_batch, self.packing = max_tokens_per_batch, packing
         self.accumulate_grad_batches = accumulate_grad_batches
-        self.drop_last = False
+        self.drop_last = drop_last
         self.epoch = 0
         self._start = 0  # micro-batches of the current epoch to skip (set when resuming)
         if max_tokens_per_batch is None:
             self._groups = None
-            num_global = -(-len(self.num_tokens) // batch_size)
+            self._rows = len(self.num_tokens)
+            if drop_last:  # whole optimizer steps only
+                per_step = batch_size * num_replicas * accumulate_grad_batches
+                self._rows -= self._rows % per_step
+                if not self._rows:
+                    raise ConfigError(f"data.drop_last: fewer rows ({len(self.num_tokens)}) than one optimizer step ({per_step})")
+            num_global = -(-self._rows // batch_size)
         elif packing:
             self._groups = pack_best_fit_decreasing(self.num_tokens, max_tokens_per_batch)
             num_global = len(self._groups)
@@ -125,7 +136,7 @@ class MicroBatchSampler(DistributedSampler):
                 if self.shuffle
                 else np.arange(len(self.num_tokens))
             )
-            return fixed_size_batches(order, self.batch_size)
+            return fixed_size_batches(order[: self._rows], self.batch_size)
         if not self.shuffle:
             return list(self._groups)
         return [self._groups[i] for i in self._rng(epoch).permutation(len(self._groups))]

@@ -21,10 +21,10 @@ import datasets
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from lit_sft.batch import IGNORE_INDEX
 from lit_sft.data.conversation import FormatOptions, required_columns, resolve_format, row_to_conversation
 from lit_sft.data.sources import Source
 from lit_sft.data.tokenize import (
-    IGNORE_INDEX,
     ConversationRenderer,
     TokenizeOptions,
     tokenize_rendered,
@@ -71,6 +71,14 @@ TEXT_FEATURES = datasets.Features(
 )
 
 
+@dataclass
+class RejectedRow:
+    """A row `RowTokenizer` could not turn into a training example: why, and its length when it had one."""
+
+    error: InvalidRow
+    original_length: int = 0
+
+
 class RowTokenizer:
     """The ``datasets.map`` function: a batch of rows to token ids, labels and a status per row.
 
@@ -82,8 +90,6 @@ class RowTokenizer:
         template_kwargs: Extra chat-template variables.
     """
 
-    #: Number of batches tokenized in this process; tests use it to see the cache at work.
-    calls = 0
     #: The map output's schema, and the columns besides ids, labels and counts that batches need.
     features = TEXT_FEATURES
     extra_columns: tuple[str, ...] = ()
@@ -122,70 +128,98 @@ class RowTokenizer:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_renderer": None}
 
-    def __call__(self, batch: dict[str, list[Any]], indices: list[int] | None = None) -> dict[str, list[Any]]:
-        type(self).calls += 1
+    @property
+    def renderer(self) -> ConversationRenderer:
+        """The chat-template renderer, built on first use (in each ``map`` worker process)."""
         if self._renderer is None:
             options = self.tokenize_options
             self._renderer = ConversationRenderer(
                 self.tokenizer, self.template_kwargs, options.rewritten_turns, options.strict_template
             )
+        return self._renderer
+
+    def __call__(self, batch: dict[str, list[Any]], indices: list[int] | None = None) -> dict[str, list[Any]]:
         size = len(next(iter(batch.values()))) if batch else 0
         indices = list(indices) if indices is not None else list(range(size))
         rows = [{key: values[i] for key, values in batch.items()} for i in range(size)]
-        # One output row per input row, or several for a conversation split by `rewritten_turns`.
-        plan: list[tuple[int, Any]] = []  # (input row, its RenderedConversation or the InvalidRow)
+        out: dict[str, list[Any]] = {name: [] for name in self.features}
+        for index, result in zip(indices, self.tokenize_rows(rows), strict=True):
+            # A conversation split by `TokenizeOptions.rewritten_turns` gives several records.
+            for item in result if isinstance(result, list) else [result]:
+                record = self._rejected(item) if isinstance(item, RejectedRow) else self._kept(item)
+                record.setdefault("row", index)
+                record.setdefault("lost", "")
+                for name in self.features:
+                    out[name].append(record[name])
+        return out
+
+    def tokenize_rows(
+        self, rows: list[dict[str, Any]]
+    ) -> list[list[dict[str, Any]] | dict[str, Any] | RejectedRow]:
+        """Per row: its ``input_ids``, ``labels``, ``original_length``, ``truncated`` and `extra_columns`
+        (a list of these for a conversation split into several rows, ``lost`` on its first), or why it
+        was rejected. Text rows are tokenized together, which is much faster than one by one."""
+        results: list[Any] = [None] * len(rows)  # every row gets records or a rejection below
+        rendered, rendered_at, fields = [], [], []
         for i, row in enumerate(rows):
             try:
                 conversation = row_to_conversation(row, self.row_format, self.format_options)
-                plan.extend(
-                    (i, (conversation.field, item)) for item in self._renderer.render_rows(conversation)
-                )
+                pieces = self.renderer.render_rows(conversation)
             except InvalidRow as error:
-                plan.append((i, error))
-        out: dict[str, list[Any]] = {name: [None] * len(plan) for name in TEXT_FEATURES}
-        rendered, rendered_at, fields = [], [], []
-        for k, (i, item) in enumerate(plan):
-            out["row"][k] = indices[i]
-            out["lost"][k] = ""
-            if isinstance(item, InvalidRow):
-                self._fill(out, k, status=item.kind, error=f"{item.field}\t{item.reason}")
-            else:
-                rendered_at.append(k)
-                fields.append(item[0])
-                rendered.append(item[1])
-                out["lost"][k] = item[1].lost
-        for i, field_name, (input_ids, labels) in zip(
-            rendered_at, fields, tokenize_rendered(self.tokenizer, rendered), strict=True
+                results[i] = RejectedRow(error)
+                continue
+            results[i] = []
+            rendered.extend(pieces)
+            rendered_at.extend([i] * len(pieces))
+            fields.extend([conversation.field] * len(pieces))
+        for i, field_name, piece, (input_ids, labels) in zip(
+            rendered_at, fields, rendered, tokenize_rendered(self.tokenizer, rendered), strict=True
         ):
+            if isinstance(results[i], RejectedRow):
+                continue  # another row of this conversation was rejected, and so is the conversation
             try:
                 tokenized = truncate(input_ids, labels, self.tokenize_options, field_name)
             except InvalidRow as error:
-                self._fill(
-                    out, i, status=error.kind, error=f"{error.field}\t{error.reason}", length=len(input_ids)
-                )
+                results[i] = RejectedRow(error, original_length=len(input_ids))
                 continue
-            num_trained = tokenized.num_trained
-            out["input_ids"][i] = tokenized.input_ids
-            out["labels"][i] = tokenized.labels
-            out["num_tokens"][i] = len(tokenized.input_ids)
-            out["num_trained"][i] = num_trained
-            out["prompt_length"][i] = next(
-                (k for k, label in enumerate(tokenized.labels) if label != IGNORE_INDEX),
-                len(tokenized.labels),
+            results[i].append(
+                {
+                    "input_ids": tokenized.input_ids,
+                    "labels": tokenized.labels,
+                    "original_length": tokenized.original_length,
+                    "truncated": tokenized.truncated,
+                    "lost": piece.lost,
+                }
             )
-            out["original_length"][i] = tokenized.original_length
-            out["truncated"][i] = tokenized.truncated
-            out["status"][i] = OK if num_trained > 0 else NO_TRAINED_TOKENS
-            out["error"][i] = ""
-        return out
+        return results
 
     @staticmethod
-    def _fill(out: dict[str, list[Any]], i: int, status: str, error: str, length: int = 0) -> None:
-        out["input_ids"][i], out["labels"][i] = [], []
-        out["num_tokens"][i] = out["num_trained"][i] = out["prompt_length"][i] = 0
-        out["original_length"][i] = length
-        out["truncated"][i] = False
-        out["status"][i], out["error"][i] = status, error
+    def _kept(record: dict[str, Any]) -> dict[str, Any]:
+        labels = record["labels"]
+        num_trained = sum(label != IGNORE_INDEX for label in labels)
+        return {
+            **record,
+            "num_tokens": len(record["input_ids"]),
+            "num_trained": num_trained,
+            "prompt_length": next(
+                (k for k, label in enumerate(labels) if label != IGNORE_INDEX), len(labels)
+            ),
+            "status": OK if num_trained > 0 else NO_TRAINED_TOKENS,
+            "error": "",
+        }
+
+    def _rejected(self, rejected: RejectedRow) -> dict[str, Any]:
+        error = rejected.error
+        return {
+            **{name: [] for name in ("input_ids", "labels", *self.extra_columns)},
+            "num_tokens": 0,
+            "num_trained": 0,
+            "prompt_length": 0,
+            "original_length": rejected.original_length,
+            "truncated": False,
+            "status": error.kind,
+            "error": f"{error.field}\t{error.reason}",
+        }
 
 
 @dataclass
@@ -352,7 +386,7 @@ def tokenize_sources(
             num_proc=num_proc if num_proc and num_proc > 1 else None,
             with_indices="row" in row_tokenizer.features,
             desc=f"Tokenizing {source.name}",
-        )
+        ).with_format(None)  # the source's JSON-column transform (see readers.JsonColumns) is not the output's
         results.append(TokenizedSource(source, rows, tokenized, row_tokenizer.extra_columns))
     return results
 
@@ -418,9 +452,8 @@ def _count_splits_and_losses(summary: SplitSummary, part: TokenizedSource, keep:
     if len(keep) == 0:
         return
     source_rows = part.source_rows[keep]
-    starts = np.flatnonzero(
-        np.r_[True, source_rows[1:] != source_rows[:-1]]
-    )  # rows of one input are adjacent
+    # The rows of one conversation are adjacent: each conversation starts where the source row changes.
+    starts = np.flatnonzero(np.r_[True, source_rows[1:] != source_rows[:-1]])
     if len(starts) < len(keep):
         lengths = part.tokenized.data.column("num_tokens").to_numpy()[keep].astype(np.int64)
         summary.split_rows += len(keep) - len(starts)

@@ -27,10 +27,9 @@ from typing import Any, Literal
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from lit_sft.batch import IGNORE_INDEX
 from lit_sft.data.conversation import Conversation
 from lit_sft.errors import ConfigError, InvalidRow
-
-IGNORE_INDEX = -100
 
 Truncation = Literal["left", "right", "error"]
 RewrittenTurns = Literal["split", "error"]
@@ -109,13 +108,13 @@ class TokenizedConversation:
         return len(self.labels) - self.labels.count(IGNORE_INDEX)
 
 
-def end_of_turn_pattern(tokenizer: PreTrainedTokenizerBase, chat_template: str | None = None) -> re.Pattern:
-    """A regex matching the special tokens the chat template writes, and EOS.
+def end_of_turn_pattern(tokenizer: PreTrainedTokenizerBase) -> re.Pattern:
+    """A regex matching the special tokens the tokenizer's chat template writes, and EOS.
 
     The last of these inside an assistant turn closes it (``<|im_end|>``, ``<|eot_id|>``...). Only
     tokens that appear in the template are considered, as transformers does for control tokens.
     """
-    template = chat_template or tokenizer.chat_template or ""
+    template = tokenizer.chat_template or ""
     specials = {str(token) for token in tokenizer.all_special_tokens}
     specials.update(str(token) for token in tokenizer.added_tokens_decoder.values() if token.special)
     markers = {token for token in specials if token and token in template}

@@ -22,24 +22,24 @@ import io
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import datasets
 import torch
 
+from lit_sft.batch import IGNORE_INDEX, VisionBatch
 from lit_sft.data.collate import PackedCollator, PaddingCollator
-from lit_sft.data.datamodule import SFTDataModule
 from lit_sft.data.conversation import Conversation, FormatOptions, row_to_conversation
+from lit_sft.data.datamodule import SFTDataModule
 from lit_sft.data.splits import (
     IMAGE_TRUNCATED,
-    NO_TRAINED_TOKENS,
-    OK,
     TOKENIZED_FEATURES,
+    RejectedRow,
     RowTokenizer,
     check_columns,
 )
 from lit_sft.data.tokenize import (
-    IGNORE_INDEX,
     ConversationRenderer,
     TokenizeOptions,
     tokenize_rendered,
@@ -259,31 +259,15 @@ class VisionRowTokenizer(RowTokenizer):
             "truncated": kept.truncated,
         }
 
-    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        type(self).calls += 1
-        renderer = ConversationRenderer(self.tokenizer, self.template_kwargs)
-        size = len(next(iter(batch.values()))) if batch else 0
-        out: dict[str, list[Any]] = {name: [] for name in VISION_FEATURES}
-        for i in range(size):
-            row = {key: values[i] for key, values in batch.items()}
+    def tokenize_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any] | RejectedRow]:
+        """Row by row: the processor expands each row's images into its own number of tokens."""
+        results: list[dict[str, Any] | RejectedRow] = []
+        for row in rows:
             try:
-                result = self._row(row, renderer)
+                results.append(self._row(row, self.renderer))
             except InvalidRow as error:
-                result = {
-                    "input_ids": [], "labels": [], "mm_token_type_ids": [], "images": [], "original_length": 0,
-                    "truncated": False, "status": error.kind, "error": f"{error.field}\t{error.reason}",
-                }  # fmt: skip
-            trained = sum(label != IGNORE_INDEX for label in result["labels"])
-            result.setdefault("status", OK if trained else NO_TRAINED_TOKENS)
-            result.setdefault("error", "")
-            result["num_tokens"], result["num_trained"] = len(result["input_ids"]), trained
-            result["prompt_length"] = next(
-                (k for k, label in enumerate(result["labels"]) if label != IGNORE_INDEX),
-                len(result["labels"]),
-            )
-            for name in VISION_FEATURES:
-                out[name].append(result[name])
-        return out
+                results.append(RejectedRow(error))
+        return results
 
 
 class VisionCollator:
@@ -315,7 +299,7 @@ class VisionCollator:
         labels: Sequence[Sequence[int]],
         mm_token_type_ids: Sequence[Sequence[int]],
         images: Sequence[Sequence[bytes]],
-    ) -> dict[str, Any]:
+    ) -> VisionBatch:
         from PIL import Image
 
         batch = self.text(input_ids, labels)
@@ -340,7 +324,9 @@ class VisionSFTDataModule(ProcessorOwner, SFTDataModule):
     """`SFTDataModule` for image + text conversations (``messages`` rows; see `lit_sft.data.vision`).
 
     Args:
-        processor_name_or_path: The model's processor (``AutoProcessor``); the CLI links it to the model's.
+        processor_name_or_path: The model's processor (``AutoProcessor``). When unset, the processor is loaded
+            from ``tokenizer_name_or_path``, which the CLI links to the model's tokenizer (or model) path; set
+            this when the processor lives elsewhere.
         images_key: Column with the images of rows whose image parts are bare ``{"type": "image"}``.
         image_root: Directory relative image paths start from (default: as given).
         processor_kwargs: Passed to ``AutoProcessor.from_pretrained``, e.g. ``{"max_pixels": 1003520}``
@@ -350,7 +336,10 @@ class VisionSFTDataModule(ProcessorOwner, SFTDataModule):
             computed on its own by `lit_sft.model.vision.VisionSFTModule`.
     """
 
-    _no_processor_path = "data.processor_name_or_path is not set (the CLI links it to the model's)"
+    _no_processor_path = (
+        "data.processor_name_or_path is not set, nor data.tokenizer_name_or_path (which the CLI links to the "
+        "model's)"
+    )
 
     def __init__(
         self,
@@ -384,7 +373,7 @@ class VisionSFTDataModule(ProcessorOwner, SFTDataModule):
         check_columns(source, self.format_options)
         return VisionRowTokenizer(
             self.processor,
-            self.format_options,
+            replace(self.format_options, struct_nulls=source.typed),
             tokenize_options or self.tokenize_options,
             self.template_kwargs,
             self.images_key,

@@ -15,9 +15,9 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from lit_sft.data.conversation import FormatOptions, get_path, prompt_messages
-from lit_sft.gsm8k.scoring import score
-from lit_sft.data.sources import expand_specs, load_source
+from lit_sft.data.sources import expand_specs, load_sources
 from lit_sft.errors import InvalidRow, RowError
+from lit_sft.gsm8k.scoring import score
 from lit_sft.inference.generation import Prompt, greedy_generate, render_prompt, stop_token_ids
 
 
@@ -75,8 +75,14 @@ def load_eval_set(
     """
     options = FormatOptions(prompt_key=prompt_key, system_prompt=system_prompt)
     eval_set = EvalSet()
-    for spec in expand_specs(files):
-        source = load_source(spec, config_name=dataset_config_name, cache_dir=cache_dir, default_split="test")
+    sources = (
+        source
+        for spec in expand_specs(files)
+        for source in load_sources(
+            spec, config_name=dataset_config_name, cache_dir=cache_dir, default_split="test"
+        )
+    )
+    for source in sources:
         dataset = source.dataset
         if max_samples is not None:
             remaining = max_samples - len(eval_set)

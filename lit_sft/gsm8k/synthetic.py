@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from lit_sft.data.datamodule import SFTDataModule
+from lit_sft.io import atomic_write
 
 #: Bump when the generated problems change.
 GENERATOR_VERSION = "3"
@@ -93,11 +94,9 @@ def default_cache_dir() -> str:
 
 
 def _write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
+    with atomic_write(path) as handle:  # concurrent ranks never read a half-written file
         for row in rows:
             handle.write(json.dumps(row) + "\n")
-    os.replace(temporary, path)  # atomic: concurrent ranks never read a half-written file
 
 
 def write_splits(directory: str, num_train: int, num_val: int, seed: int = 0) -> tuple[str, str]:

@@ -3,7 +3,8 @@
 ``export_hf`` writes ``save_pretrained`` weights, the tokenizer (with its chat template) and a generation
 config whose stop tokens are the template's end-of-turn tokens. LoRA is exported merged into the base
 weights (a plain model), as a peft adapter (``adapter_config.json`` with the trained ``lora_alpha``), or
-both. ``lit-sft export --ckpt … --out …`` converts a Lightning checkpoint.
+both. ``export_checkpoint`` converts a Lightning checkpoint (the ``lit-sft export`` command,
+`lit_sft.commands.export`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import torch
 
 from lit_sft.errors import ConfigError
 from lit_sft.gguf import is_gguf
+from lit_sft.hub import DTypeName, torch_dtype
 from lit_sft.inference.generation import stop_token_ids
 
 log = logging.getLogger("lit_sft")
 
 LoraExport = Literal["merged", "adapter", "both"]
-ExportDType = Literal["auto", "float32", "bfloat16", "float16"]
+ExportDType = DTypeName
 
 
 def _generation_config(model: Any, tokenizer: Any) -> Any:
@@ -61,9 +63,8 @@ def _finish(directory: str, model: Any, tokenizer: Any) -> None:
 
 
 def _cast(model: torch.nn.Module, dtype: ExportDType) -> torch.nn.Module:
-    if dtype == "auto":
-        return model
-    return model.to({"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype])
+    target = torch_dtype(dtype)
+    return model if target is None else model.to(target)
 
 
 def export_hf(
@@ -141,7 +142,7 @@ def export_checkpoint(
         lora: For LoRA runs: ``merged``, ``adapter`` or ``both``.
         dtype: ``auto`` (the training dtype), ``float32``, ``bfloat16`` or ``float16``.
     """
-    from lit_sft.model.module import load_module
+    from lit_sft.model.build import load_module
 
     module = load_module(ckpt)
     written = export_hf(
@@ -171,11 +172,3 @@ def export_model(model: str, out: str, dtype: ExportDType = "auto") -> list[str]
     written = export_hf(network, tokenizer, out, dtype=dtype)
     print(f"exported {model} -> {', '.join(written)}")
     return written
-
-
-def main(command: str, args: list[str]) -> None:
-    """``lit-sft export --ckpt … --out …`` (a training checkpoint) or ``--model … --out …`` (a .gguf file)."""
-    from jsonargparse import CLI
-
-    function = export_model if any(arg.split("=")[0] == "--model" for arg in args) else export_checkpoint
-    CLI(function, args=args, prog="lit-sft export", as_positional=False)

@@ -1,22 +1,93 @@
 """Token-level loss and its normalisation.
 
 The training loss of an optimizer step is the sum of the token losses over every target token of the
-step (all micro-batches, all ranks) divided by the number of those tokens (design invariant 6). Each
+step (all micro-batches, all ranks) divided by the number of those tokens, so that every trained token
+weighs the same whatever the micro-batch size, gradient accumulation or world size. Each
 micro-batch therefore returns a *sum*; `step_normalized_loss` scales it so that, after Lightning divides
 by ``accumulate_grad_batches`` and DDP/FSDP average gradients over ranks, the gradient is exactly that of
 the step's per-token mean. Averaging per-micro-batch means instead (what transformers did until 2024 and
 LitGPT still does) weights a token by how many targets its micro-batch happened to have.
+
+How the sum is computed is one `TokenLoss` object, chosen once when the model is built (`select_loss`):
+`PlainLoss` (the model's logits), `ChunkedLoss` (the LM head on target positions only, a chunk at a time),
+`LigerLoss` (Liger's fused linear cross-entropy), each wrapped in `SequenceParallelLoss` when a sequence is
+split across ranks.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from lit_sft.data.tokenize import IGNORE_INDEX
+from lit_sft.batch import IGNORE_INDEX, TextBatch, target_positions
+from lit_sft.errors import ConfigError
+from lit_sft.model import sequence_parallel
+from lit_sft.model.hf import HiddenStatePath, base_model, hidden_state_path
+
+log = logging.getLogger("lit_sft")
+
+LossImplementation = Literal["chunked", "plain", "liger"]
+#: Turns a batch into the model's inputs besides ``input_ids`` (`SFTModule.model_inputs`).
+ModelInputs = Callable[[TextBatch], dict[str, Any]]
+
+__all__ = [
+    "ChunkedLoss",
+    "LigerLoss",
+    "LossOptions",
+    "PlainLoss",
+    "SequenceParallelLoss",
+    "TokenLoss",
+    "chunked_cross_entropy_sum",
+    "resolve_loss_options",
+    "select_loss",
+    "step_normalized_loss",
+    "target_positions",
+    "token_loss_sum",
+]
+
+
+@dataclass
+class LossOptions:
+    """How the token losses are computed (the result is the same, up to float rounding).
+
+    Args:
+        implementation: ``chunked`` (default): logits only for target positions, ``chunk_size`` at a time,
+            recomputed in the backward pass, so full-vocabulary fp32 logits are never held for the whole
+            batch; ``liger``: Liger's fused linear cross-entropy (CUDA GPU); ``plain``: the model's logits for
+            every position. Models whose logits are not ``lm_head(hidden states)`` fall back to ``plain``.
+        chunk_size: Target positions per chunk of the chunked loss.
+    """
+
+    implementation: LossImplementation = "chunked"
+    chunk_size: int = 4096
+
+
+def resolve_loss_options(
+    loss: LossOptions | dict[str, Any] | None, implementation: str | None, chunk_size: int | None
+) -> LossOptions:
+    """``loss`` as `LossOptions`, or built from the old flat options (configs and checkpoints from before
+    they were grouped), which still work.
+
+    Raises:
+        ConfigError: When both ``loss`` and an old flat option are set.
+    """
+    old = {"implementation": implementation, "chunk_size": chunk_size}
+    old = {name: value for name, value in old.items() if value is not None}
+    if old:
+        renames = ", ".join(f"model.loss_{name} is now model.loss.{name}" for name in old)
+        if loss is not None:
+            raise ConfigError(f"{renames}: set model.loss only")
+        log.warning(f"lit_sft: {renames} (the old name still works)")
+        return LossOptions(**old)
+    if isinstance(loss, dict):
+        return LossOptions(**loss)
+    return loss if loss is not None else LossOptions()
 
 
 def token_loss_sum(
@@ -54,20 +125,6 @@ def step_normalized_loss(
     return loss_sum * (accumulate_grad_batches * world_size / max(step_target_tokens, 1))
 
 
-def target_positions(
-    hidden: torch.Tensor, labels: torch.Tensor, shifted: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden states that predict a target, and their targets: ``(N, hidden)`` and ``(N,)``.
-
-    Position ``t`` predicts ``labels[t + 1]`` (``labels[t]`` when ``shifted``); positions without a target
-    are dropped, so the LM head runs on targets only (a fraction of the tokens in SFT, where prompts are
-    masked).
-    """
-    next_labels = labels if shifted else labels[:, 1:]
-    mask = next_labels != IGNORE_INDEX
-    return (hidden if shifted else hidden[:, :-1])[mask], next_labels[mask]
-
-
 def _chunk_loss(
     hidden: torch.Tensor, targets: torch.Tensor, logits_fn: Callable[[torch.Tensor], torch.Tensor]
 ) -> torch.Tensor:
@@ -103,3 +160,137 @@ def chunked_cross_entropy_sum(
         else:
             total = total + _chunk_loss(chunk, chunk_targets, logits_fn)
     return total
+
+
+class TokenLoss:
+    """The sum of a batch's token losses and the number of its targets, computed one way.
+
+    Called with a batch (a `TextBatch` or `VisionBatch`); ``shifted`` means the batch is this rank's slice of
+    a sequence split across ranks, whose ``shift_labels`` are already shifted.
+    """
+
+    def __call__(self, batch: TextBatch, shifted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class PlainLoss(TokenLoss):
+    """Cross-entropy on the model's own logits for every position.
+
+    Args:
+        forward: Returns the logits of ``input_ids`` and the other inputs (`SFTModule.forward`).
+        model_inputs: The batch's model inputs besides ``input_ids``.
+    """
+
+    def __init__(self, forward: Callable[..., torch.Tensor], model_inputs: ModelInputs) -> None:
+        self.forward, self.model_inputs = forward, model_inputs
+
+    def __call__(self, batch: TextBatch, shifted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.forward(batch["input_ids"], **self.model_inputs(batch))
+        if shifted:
+            return token_loss_sum(logits, batch["shift_labels"], shifted=True)  # type: ignore[typeddict-item]
+        if "target_index" not in batch:
+            return token_loss_sum(logits, batch["labels"])
+        # Positions chosen on the host: no device sync.
+        selected = logits.reshape(-1, logits.shape[-1]).index_select(0, batch["target_index"]).float()
+        loss_sum = F.cross_entropy(selected, batch["target_ids"], reduction="sum")
+        return loss_sum, torch.as_tensor(batch["target_ids"].shape[0], device=loss_sum.device)
+
+
+class _HeadOnTargets(TokenLoss):
+    """The decoder's hidden states, then the LM head on target positions only (`HiddenStatePath`)."""
+
+    def __init__(self, path: HiddenStatePath, model_inputs: ModelInputs) -> None:
+        self.path, self.model_inputs = path, model_inputs
+
+    def __call__(self, batch: TextBatch, shifted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.path.hidden_states(batch["input_ids"], **self.model_inputs(batch))
+        if "target_index" in batch and not shifted:  # positions chosen on the host: no device sync
+            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["target_index"])
+            targets = batch["target_ids"]
+        else:
+            labels = batch["shift_labels"] if shifted else batch["labels"]  # type: ignore[typeddict-item]
+            hidden, targets = target_positions(hidden, labels, shifted=shifted)
+        count = torch.as_tensor(targets.shape[0], device=targets.device)
+        return self.head_loss_sum(hidden, targets), count
+
+    def head_loss_sum(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ChunkedLoss(_HeadOnTargets):
+    """The LM head on target positions only, ``chunk_size`` rows at a time (`chunked_cross_entropy_sum`)."""
+
+    def __init__(self, path: HiddenStatePath, model_inputs: ModelInputs, chunk_size: int) -> None:
+        super().__init__(path, model_inputs)
+        self.chunk_size = chunk_size
+
+    def head_loss_sum(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return chunked_cross_entropy_sum(hidden, targets, self.path.logits, self.chunk_size)
+
+
+class LigerLoss(_HeadOnTargets):
+    """Liger's fused linear cross-entropy (head and loss in one kernel, CUDA) on target positions.
+
+    Raises:
+        ConfigError: Without ``liger-kernel``.
+    """
+
+    def __init__(self, path: HiddenStatePath, model_inputs: ModelInputs, softcap: float | None) -> None:
+        super().__init__(path, model_inputs)
+        try:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        except ImportError:
+            raise ConfigError(
+                "model.loss.implementation=liger needs liger-kernel: pip install -e '.[gpu]'"
+            ) from None
+        self.fused = LigerFusedLinearCrossEntropyLoss(reduction="sum", softcap=softcap)
+
+    def head_loss_sum(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        head = self.path.head
+        return self.fused(head.weight, hidden, targets, getattr(head, "bias", None)).float()
+
+
+class SequenceParallelLoss(TokenLoss):
+    """This rank's slice of each packed sequence (`lit_sft.model.sequence_parallel`), labels shifted over
+    the whole sequence first, then ``inner`` on the slice: a partial sum that the per-step normalisation adds
+    up with the other ranks'."""
+
+    def __init__(self, inner: TokenLoss, size: int, attn_implementation: str) -> None:
+        self.inner, self.size, self.attn_implementation = inner, size, attn_implementation
+
+    def __call__(self, batch: TextBatch, shifted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        group = sequence_parallel.sequence_parallel_group(self.size)
+        return self.inner(sequence_parallel.shard_batch(batch, group, self.attn_implementation), shifted=True)
+
+
+def select_loss(
+    options: LossOptions,
+    model: torch.nn.Module,
+    forward: Callable[..., torch.Tensor],
+    model_inputs: ModelInputs,
+    sequence_parallel_size: int = 1,
+    attn_implementation: str | None = None,
+) -> TokenLoss:
+    """The `TokenLoss` for ``options`` and this model, chosen once (the chunked and Liger losses need the
+    decoder/head split, checked on a probe; without it the chunked loss falls back to the plain one).
+
+    Raises:
+        ConfigError: For ``liger`` on a model whose logits are not ``lm_head(hidden states)``.
+    """
+    path = None if options.implementation == "plain" else hidden_state_path(model)
+    loss: TokenLoss
+    if path is None:
+        if options.implementation == "liger":
+            raise ConfigError(
+                "model.loss.implementation=liger needs a model whose logits are lm_head(hidden states)"
+            )
+        loss = PlainLoss(forward, model_inputs)
+    elif options.implementation == "liger":
+        loss = LigerLoss(
+            path, model_inputs, getattr(base_model(model).config, "final_logit_softcapping", None)
+        )
+    else:
+        loss = ChunkedLoss(path, model_inputs, options.chunk_size)
+    if sequence_parallel_size > 1:
+        loss = SequenceParallelLoss(loss, sequence_parallel_size, attn_implementation or "sdpa")
+    return loss

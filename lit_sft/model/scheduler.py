@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import Any, Literal
 
@@ -73,6 +75,17 @@ class WarmupDecayLR(LambdaLR):
             "min_lr_ratio": min_lr_ratio,
         }
         super().__init__(optimizer, lambda step: warmup_decay_factor(step, **factor))
+
+
+def takes_unset_argument(factory: Any, name: str) -> bool:
+    """Whether ``factory`` (a class, function or partial, as jsonargparse builds) takes ``name`` and it is unset."""
+    if isinstance(factory, functools.partial) and name in factory.keywords:
+        return factory.keywords[name] is None
+    try:
+        parameter = inspect.signature(factory).parameters.get(name)
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.default is None
 
 
 class SFTAdamW(torch.optim.AdamW):

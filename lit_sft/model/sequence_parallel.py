@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lit_sft.data.tokenize import IGNORE_INDEX
+from lit_sft.batch import IGNORE_INDEX, TextBatch
 from lit_sft.errors import ConfigError
 
 _GROUPS: dict[int, Any] = {}
@@ -153,7 +153,7 @@ def enable(model: torch.nn.Module, inner: str) -> str:
     return name
 
 
-def shard_batch(batch: dict[str, Any], group: Any, inner: str) -> dict[str, Any]:
+def shard_batch(batch: TextBatch, group: Any, inner: str) -> dict[str, Any]:
     """This rank's slice of a packed batch, with labels shifted over the whole sequence first.
 
     The sequence is padded to a multiple of the group size with an extra, untrained row (positions from 0,

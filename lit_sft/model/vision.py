@@ -10,18 +10,17 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedModel
 
+from lit_sft.batch import VISION_INPUTS, VisionBatch
 from lit_sft.errors import ConfigError
-from lit_sft.model.hf import base_model, import_class
-from lit_sft.model.module import SFTModule
 from lit_sft.hub import ProcessorOwner
+from lit_sft.model.build import import_class
+from lit_sft.model.hf import base_model
+from lit_sft.model.module import SFTModule
 
 #: Submodule names of vision encoders across families (Qwen2-VL ``visual``, LLaVA ``vision_tower``...).
 VISION_TOWER_NAMES = ("visual", "vision_tower", "vision_model", "image_encoder")
 #: Vision towers and the projectors between them and the language model: never LoRA targets.
 NOT_LANGUAGE_MODEL = r".*\b(" + "|".join((*VISION_TOWER_NAMES, "multi_modal_projector", "merger")) + r")\b.*"
-
-#: Batch keys that are model inputs besides ids, mask and positions (passed when the model takes them).
-VISION_INPUTS = ("pixel_values", "image_grid_thw", "image_sizes", "mm_token_type_ids", "pixel_attention_mask")
 
 
 def vision_tower_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -196,8 +195,14 @@ class VisionSFTModule(ProcessorOwner, SFTModule):
                 return module.get_rope_index
         return None
 
-    def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def model_inputs(self, batch: VisionBatch) -> dict[str, Any]:  # type: ignore[override]
+        """Besides mask and positions, the image inputs the model takes; a packed batch gets each row's own
+        multimodal positions. A text-only batch (the packing check's probe) is all text, without images."""
         inputs = super().model_inputs(batch)
+        token_types = batch.get("mm_token_type_ids")
+        if token_types is None and "row_lengths" in batch:  # a packed text-only batch: every token is text
+            token_types = torch.zeros_like(batch["input_ids"])
+            batch = {**batch, "mm_token_type_ids": token_types}
         inputs.update({name: batch[name] for name in self._accepted_inputs if name in batch})
         if "row_lengths" in batch and "position_ids" in inputs:  # a packed batch
             rope_index = self._rope_index
@@ -206,9 +211,9 @@ class VisionSFTModule(ProcessorOwner, SFTModule):
                     rope_index,
                     batch["input_ids"],
                     inputs["position_ids"],
-                    batch["mm_token_type_ids"],
+                    token_types,
                     batch.get("image_grid_thw"),
                     batch["row_lengths"],
-                    batch["row_images"],
+                    batch.get("row_images") or [0] * len(batch["row_lengths"]),
                 )
         return inputs

@@ -9,6 +9,10 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from typing_extensions import override
 
+from lit_sft.io import atomic_write, fsync_directory
+
+__all__ = ["AtomicCheckpointIO", "fsync_directory"]
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Saves checkpoints so that a file at the final path is always complete.
@@ -26,26 +30,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in path:
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        temporary = f"{path}.tmp-{os.getpid()}"
-        try:
-            with open(temporary, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-        fsync_directory(directory)  # make the rename itself durable
-
-
-def fsync_directory(directory: str | os.PathLike[str]) -> None:
-    """Flush ``directory``'s entries (renames into it) to disk, on POSIX systems."""
-    if hasattr(os, "O_DIRECTORY"):
-        descriptor = os.open(directory, os.O_DIRECTORY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        with atomic_write(path, "wb") as handle:
+            torch.save(checkpoint, handle)

@@ -11,6 +11,7 @@ import tempfile
 from typing import Any
 
 import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
 
 from lit_sft.errors import ConfigError
 
@@ -95,14 +96,14 @@ def preflight(trainer: Any, model: Any, datamodule: Any) -> None:
     problems += datamodule.preflight_problems() if hasattr(datamodule, "preflight_problems") else []
     problems += _vision_pairing(model, datamodule)
 
-    on_gpu = trainer.accelerator.__class__.__name__ == "CUDAAccelerator" and torch.cuda.is_available()
+    on_gpu = isinstance(trainer.accelerator, CUDAAccelerator) and torch.cuda.is_available()
     attention = getattr(model, "attn_implementation", None)
     if attention in ("flash_attention_2", "flash_attention_3") and not on_gpu:
         problems.append(f"model.attn_implementation={attention} needs a CUDA GPU; use sdpa on CPU")
     if getattr(model, "liger_kernels", False) and not on_gpu:
         problems.append("model.liger_kernels needs a CUDA GPU")
-    if getattr(model, "loss_implementation", None) == "liger" and not on_gpu:
-        problems.append("model.loss_implementation=liger needs a CUDA GPU; use chunked")
+    if getattr(getattr(model, "loss_options", None), "implementation", None) == "liger" and not on_gpu:
+        problems.append("model.loss.implementation=liger needs a CUDA GPU; use chunked")
     if getattr(datamodule, "packing", False) and attention not in PACKING_ATTENTION:
         problems.append(
             f"data.packing with model.attn_implementation={attention!r}: only {sorted(PACKING_ATTENTION)} are known "
@@ -128,8 +129,10 @@ def preflight(trainer: Any, model: Any, datamodule: Any) -> None:
             problems.append(
                 f"{watcher}, but the data has no validation split (set data.val_files or data.val_ratio)"
             )
+        from lit_sft.callbacks.gsm8k import GSM8KEvaluation
+
         for callback in trainer.callbacks:
-            if type(callback).__name__ == "GSM8KEvaluation" and not getattr(callback, "data_files", None):
+            if isinstance(callback, GSM8KEvaluation) and not callback.data_files:
                 problems.append("GSM8KEvaluation has no questions: set its data_files or data.val_files")
 
     if problems:

@@ -26,12 +26,12 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from typing_extensions import override
 
-from lit_sft.training.checkpoint_io import fsync_directory
 from lit_sft.errors import ConfigError
+from lit_sft.hub import DTYPES
+from lit_sft.io import fsync_directory
 from lit_sft.model.hf import base_model
 
 DType = Literal["bfloat16", "float16", "float32"]
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def decoder_layer_names(model: torch.nn.Module, configured: list[str] | None = None) -> set[str]:

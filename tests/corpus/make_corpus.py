@@ -48,6 +48,25 @@ def with_bad(good: list, bad: object, at: int = 1) -> list:
     return [*good[:at], bad, *good[at:]]
 
 
+def tool_row(function: dict) -> dict:
+    """A chat row whose assistant calls ``function`` (no tools column: any name may be called)."""
+    return {
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": function}]},
+            {"role": "tool", "content": "3"},
+            {"role": "assistant", "content": "3"},
+        ]
+    }
+
+
+#: Enough rows for several of the JSON reader's ~320 KB blocks.
+BIG_PR = [
+    {"question": f"What is {i} plus 1? " + "x" * 30, "answer": f"{i}+1 = {i + 1}\n#### {i + 1}"}
+    for i in range(5000)
+]
+
+
 # name -> (rows or raw bytes, options, expected error substring, drop reason or None for file-level errors)
 CASES: dict[str, tuple[object, dict, str, str | None]] = {
     # prompt/response rows
@@ -309,12 +328,156 @@ CASES: dict[str, tuple[object, dict, str, str | None]] = {
     "truncated.parquet": ("truncate", PR, "truncated.parquet: cannot read it", None),
     "empty.jsonl": (b"", PR, "empty.jsonl: the file is empty", None),
     "rows.txt": (b"question,answer\n", PR, "rows.txt: unknown file type", None),
+    # issue 15, class 1: nesting deeper than Python's json recursion (a traceback before)
+    "deep_nesting.jsonl": (
+        [json.dumps(GOOD_PR[0]), '{"question": "q", "answer": ' + "[" * 3000 + "]" * 3000 + "}"],
+        PR,
+        "cannot read it: line 2 is nested more than 200 levels deep; row 1",
+        None,
+    ),
+    # class 2: row numbers across Arrow blocks (~320 KB), of a line that is not an object, in a directory
+    "big_file_row_4868.jsonl": (
+        with_bad(BIG_PR, {"question": "q", "answer": None}, at=4868),
+        PR,
+        "big_file_row_4868.jsonl, row 4868, field 'answer': response is null",
+        "invalid_content",
+    ),
+    "array_on_a_middle_line.jsonl": (
+        [*map(json.dumps, GOOD_PR), "[1, 2]", json.dumps(GOOD_PR[0])],
+        PR,
+        "cannot read it: line 4 is a JSON array, not an object (each line must hold one row); row 3",
+        None,
+    ),
+    "directory_of_files": (
+        {"train-0.jsonl": GOOD_PR, "train-1.jsonl": with_bad(GOOD_PR, {"question": "q", "answer": 7})},
+        PR,
+        "train-1.jsonl, row 1, field 'answer': response must be a string, got int",
+        "invalid_content",
+    ),
+    # class 3: errors that named no place, or the wrong one
+    "blank_line_and_a_number.jsonl": (
+        [json.dumps(GOOD_PR[0]), "", json.dumps(GOOD_PR[1]), json.dumps({"question": "q", "answer": 5})],
+        PR,
+        "row 2, field 'answer': response must be a string, got int",
+        "invalid_content",
+    ),
+    "bom_and_a_number.jsonl": (
+        b"\xef\xbb\xbf"
+        + "\n".join(
+            json.dumps(row) for row in with_bad(GOOD_PR, {"question": "q", "answer": 5}, at=2)
+        ).encode(),
+        PR,
+        "row 2, field 'answer': response must be a string, got int",
+        "invalid_content",
+    ),
+    "thirty_digit_integer.jsonl": (
+        with_bad(GOOD_PR, '{"question": "q", "answer": 123456789012345678901234567890}'),
+        PR,
+        "row 1, field 'answer': response must be a string, got int",
+        "invalid_content",
+    ),
+    "list_with_a_string.json": (
+        json.dumps([GOOD_PR[0], "not a row", GOOD_PR[1]]).encode(),
+        PR,
+        "cannot read it: element 1 is a JSON string, not an object (rows must be objects); row 1",
+        None,
+    ),
+    "latin1_byte.csv": (
+        b"question,answer\nWhat is 1 plus 1?,2\ncaf\xe9?,a\n",
+        PR,
+        "cannot read it: line 3 is not valid UTF-8 (invalid continuation byte at byte 3); row 1",
+        None,
+    ),
+    # class 4: one row's type must not change how the others are read
+    "number_among_strings.jsonl": (
+        [
+            *map(json.dumps, [{"question": "a", "answer": "42"}, {"question": "b", "answer": 5}]),
+            json.dumps({"question": "c", "answer": '"yes"'}),
+        ],
+        PR,
+        "row 1, field 'answer': response must be a string, got int",
+        "invalid_content",
+    ),
+    # class 5: tool calls
+    "tools_arguments_list.jsonl": (
+        [tool_row({"name": "add", "arguments": [1, 2]})],
+        {},
+        "row 0, field 'messages[1].tool_calls[0].function.arguments': arguments must be a JSON object (or a JSON string of one), got JSON list",
+        "invalid_tool_call",
+    ),
+    "tools_arguments_json_number.jsonl": (
+        [tool_row({"name": "add", "arguments": "3"})],
+        {},
+        "row 0, field 'messages[1].tool_calls[0].function.arguments': arguments must be a JSON object (or a JSON string of one), got JSON int",
+        "invalid_tool_call",
+    ),
+    "tools_call_without_name.jsonl": (
+        [tool_row({"arguments": {"a": 1}})],
+        {},
+        "row 0, field 'messages[1].tool_calls[0].function.name': the function name must be a non-empty string, got missing",
+        "invalid_tool_call",
+    ),
+    "tools_name_is_an_object.jsonl": (
+        [tool_row({"name": {"x": "add"}, "arguments": {"a": 1}})],
+        {},
+        "row 0, field 'messages[1].tool_calls[0].function.name': the function name must be a non-empty string, got dict",
+        "invalid_tool_call",
+    ),
+    "verl_prompt_with_tool_message.jsonl": (
+        [
+            {"prompt": [{"role": "user", "content": "q"}], "response": "a"},
+            {"prompt": [{"role": "user", "content": "q"}, {"role": "tool", "content": "3"}], "response": "a"},
+        ],
+        {},
+        "row 1, field 'prompt[1]': a tool result with no assistant tool call before it",
+        "mismatched_tools",
+    ),
+    # class 6: weights
+    "weight_string_no.jsonl": (
+        with_bad(
+            GOOD_CHAT,
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a", "weight": "no"},
+                ]
+            },
+        ),
+        {},
+        "row 1, field 'messages[1].weight': weight must be 0 or 1, got 'no'",
+        "invalid_weight",
+    ),
+    "weight_string_zero.jsonl": (
+        with_bad(
+            GOOD_CHAT,
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a", "weight": "0"},
+                ]
+            },
+        ),
+        {},
+        "row 1, field 'messages[1].weight': weight must be 0 or 1, got '0'",
+        "invalid_weight",
+    ),
+    # class 7: parquet structs give every row every key, missing ones as null (dropped, never rendered)
+    "parquet_tool_call_null_name.parquet": (
+        [tool_row({"name": "add", "arguments": {"a": 1}}), tool_row({"arguments": {"a": 1}})],
+        {},
+        "row 1, field 'messages[1].tool_calls[0].function.name': the function name must be a non-empty string, got missing",
+        "invalid_tool_call",
+    ),
 }
 
 
 def write(name: str, content: object) -> None:
     path = os.path.join(FILES, name)
-    if isinstance(content, bytes):
+    if isinstance(content, dict):  # a dataset directory: one file per key
+        os.makedirs(path, exist_ok=True)
+        for file_name, rows in content.items():
+            write(os.path.join(name, file_name), rows)
+    elif isinstance(content, bytes):
         with open(path, "wb") as handle:
             handle.write(content)
     elif content == "truncate":

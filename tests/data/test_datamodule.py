@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lit_sft.data import SFTDataModule
-from lit_sft.data.splits import RowTokenizer
+from lit_sft.data.sources import load_source
 from lit_sft.errors import ConfigError, DataFileError, RowError
 from tests.helpers import arithmetic_rows, write_jsonl, write_parquet
 
@@ -114,15 +114,21 @@ def test_a_local_dataset_directory_loads_like_a_hub_dataset(tmp_path) -> None:
 
 def test_tokenization_is_cached_across_runs(tmp_path) -> None:
     path = make_data(tmp_path, arithmetic_rows(30))
-    datamodule(path, val_ratio=0.2).setup("fit")
-    before = RowTokenizer.calls
-    second = datamodule(path, val_ratio=0.2)
+    cache = tmp_path / "cache"
+
+    def cache_files() -> dict[str, int]:  # every Arrow file datasets wrote, with its modification time
+        return {str(file): file.stat().st_mtime_ns for file in cache.rglob("*.arrow")}
+
+    datamodule(path, val_ratio=0.2, cache_dir=str(cache)).setup("fit")
+    before = cache_files()
+    assert before, "the first run wrote no cache"
+    second = datamodule(path, val_ratio=0.2, cache_dir=str(cache))
     second.setup("fit")
-    assert RowTokenizer.calls == before, "the second run tokenized again instead of reading the cache"
+    assert cache_files() == before, "the second run tokenized again instead of reading the cache"
     assert second.summaries["train"].kept == 24
     # A different tokenization setting is a different cache entry.
-    datamodule(path, val_ratio=0.2, max_length=64, truncation="right").setup("fit")
-    assert RowTokenizer.calls > before
+    datamodule(path, val_ratio=0.2, max_length=64, truncation="right", cache_dir=str(cache)).setup("fit")
+    assert set(cache_files()) > set(before)
 
 
 def test_val_ratio_split_is_disjoint_and_deterministic_and_max_samples_caps(tmp_path) -> None:
@@ -221,6 +227,17 @@ def test_a_missing_column_is_named_with_the_columns_the_file_has(tmp_path) -> No
         match=r"missing column 'question' for the prompt_response format; it has \['q', 'answer'\]",
     ):
         datamodule(path).setup("fit")
+
+
+def test_the_start_up_check_and_the_loader_agree_on_what_is_a_local_file(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    local = ["missing.jsonl", os.path.join("data", "missing.parquet"), "./data", "~/no-such-dir/x"]
+    hub = ["teknium/OpenHermes-2.5", "openai/gsm8k:test"]  # a dot does not make a path
+    dm = SFTDataModule(train_files=[*local, *hub], tokenizer_name_or_path="builtin:byte-chatml")
+    assert dm.preflight_problems() == [f"data.train_files: {spec}: no such file" for spec in local]
+    for spec in local:  # the loader calls the same specs missing files rather than asking the Hub
+        with pytest.raises(DataFileError, match=re.escape(f"{spec}: no such file")):
+            load_source(spec)
 
 
 def test_unreadable_files_are_named(tmp_path) -> None:

@@ -13,7 +13,7 @@ from lit_sft.data.tokenize import (
     tokenize_rendered,
     truncate,
 )
-from lit_sft.errors import InvalidRow
+from lit_sft.errors import ConfigError, InvalidRow
 from tests.helpers import FAMILIES, make_tokenizer
 
 SINGLE_TURN = [
@@ -209,9 +209,9 @@ def test_truncation_error_names_the_length(options: TokenizeOptions, message: st
 
 
 def test_options_are_validated() -> None:
-    with pytest.raises(Exception, match="truncation must be"):
+    with pytest.raises(ConfigError, match="truncation must be"):
         TokenizeOptions(truncation="middle")  # type: ignore[arg-type]
-    with pytest.raises(Exception, match="max_length must be a positive"):
+    with pytest.raises(ConfigError, match="max_length must be a positive"):
         TokenizeOptions(max_length=0)
 
 

@@ -12,7 +12,13 @@ import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch.strategies import Strategy
 
-from lit_sft.training.strategies import FSDP2Strategy, FSDPStrategyPreset, _by_name_policy, decoder_layer_names
+from lit_sft.errors import ConfigError
+from lit_sft.training.strategies import (
+    FSDP2Strategy,
+    FSDPStrategyPreset,
+    _by_name_policy,
+    decoder_layer_names,
+)
 from tests.helpers import tiny_model_config
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -58,13 +64,13 @@ def test_presets_find_the_decoder_layers_of_the_model() -> None:
         if _by_name_policy(preset, m, recurse=False, nonwrapped_numel=0)
     ]
     assert wrapped == ["Qwen2DecoderLayer", "Qwen2DecoderLayer"]
-    with pytest.raises(Exception, match="no decoder layer class to shard"):
+    with pytest.raises(ConfigError, match="no decoder layer class to shard"):
         decoder_layer_names(model, ["NotALayer"])
 
 
 @pytest.mark.slow
 def test_run_sft_sh_launches_two_processes_and_resumes(tmp_path) -> None:
-    from tests.faults.test_kill_and_resume import config
+    from tests.faults.helpers import config
 
     path = config(str(tmp_path / "cfg"), 2, strategy={"class_path": "lit_sft.training.strategies.FSDP2Strategy"})
     env = {
@@ -112,7 +118,7 @@ def test_run_sft_sh_forwards_slurms_sigusr1_so_the_workers_save_and_stop(tmp_pat
     import signal
     import time
 
-    from tests.faults.test_kill_and_resume import config
+    from tests.faults.helpers import config
 
     path = config(str(tmp_path / "cfg"), 2, strategy="ddp")
     env = {

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.faults.test_kill_and_resume import TOTAL_STEPS, config, fit, losses
+from tests.faults.helpers import TOTAL_STEPS, config, fit, losses
 
 FSDP2 = {"class_path": "lit_sft.training.strategies.FSDP2Strategy"}
 EXPORT = {"class_path": "lit_sft.callbacks.HFExport"}

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from lit_sft import SFTDataModule, SFTModule
 from lit_sft.data.collate import add_targets
 from lit_sft.errors import ConfigError
-from lit_sft.model import LoraOptions
+from lit_sft.model import LoraOptions, LossOptions
 from tests.helpers import arithmetic_data, arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
 
 
@@ -99,7 +99,8 @@ def test_a_micro_batch_without_targets_still_gives_every_parameter_a_gradient(
     """Ranks that run out of rows get a fully masked micro-batch; DDP waits for every parameter's gradient
     (an untied LM head included) on every rank."""
     module = tiny_module(
-        model_config=tiny_model_config(tie_word_embeddings=False), loss_implementation=implementation
+        model_config=tiny_model_config(tie_word_embeddings=False),
+        loss=LossOptions(implementation=implementation),
     )
     module.configure_model()
     batch = first_batch(tmp_path)

@@ -10,8 +10,10 @@ from lightning.pytorch import Callback, seed_everything
 
 from lit_sft import SFTDataModule, SFTModule
 from lit_sft.errors import ConfigError, TrainingError
-from lit_sft.model import LoraOptions
-from lit_sft.model.hf import apply_dropout, hidden_state_path
+from lit_sft.model import LoraOptions, LossOptions
+from lit_sft.model.build import apply_dropout
+from lit_sft.model.hf import hidden_state_path
+from lit_sft.model.loss import ChunkedLoss
 from tests.helpers import arithmetic_data, arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
 
 
@@ -45,9 +47,9 @@ def loss_and_grads(sft: SFTModule, batch: dict) -> tuple[torch.Tensor, torch.Ten
 @pytest.mark.parametrize("lora", [None, LoraOptions(r=4, alpha=8)], ids=["full", "lora"])
 def test_chunked_loss_equals_the_plain_loss_and_gradients(tmp_path, chunk_size: int, lora) -> None:
     batch = next(iter(data(tmp_path, batch_size=4).train_dataloader()))
-    plain = loss_and_grads(module(loss_implementation="plain", lora=lora), batch)
+    plain = loss_and_grads(module(loss=LossOptions(implementation="plain"), lora=lora), batch)
     chunked = loss_and_grads(
-        module(loss_implementation="chunked", loss_chunk_size=chunk_size, lora=lora), batch
+        module(loss=LossOptions(implementation="chunked", chunk_size=chunk_size), lora=lora), batch
     )
     torch.testing.assert_close(chunked[0], plain[0], rtol=1e-5, atol=1e-5)
     assert int(chunked[1]) == int(plain[1])
@@ -61,8 +63,8 @@ def test_chunked_loss_equals_the_plain_loss_and_gradients(tmp_path, chunk_size: 
 def test_the_head_sees_only_target_positions_a_chunk_at_a_time(tmp_path) -> None:
     """Full-vocabulary logits are never made for the whole batch: only for targets, chunk by chunk."""
     batch = next(iter(data(tmp_path, batch_size=4).train_dataloader()))
-    sft = module(loss_chunk_size=16)
-    assert sft._resolve_hidden_path() is not None  # (its one-time check runs the head on a probe)
+    sft = module(loss=LossOptions(chunk_size=16))
+    assert isinstance(sft.token_loss, ChunkedLoss)  # (its one-time check runs the head on a probe)
     rows_seen: list[int] = []
     sft.model.lm_head.register_forward_hook(
         lambda mod, args, out: rows_seen.append(args[0].reshape(-1, args[0].shape[-1]).shape[0])
@@ -88,8 +90,8 @@ def test_the_head_sees_only_target_positions_a_chunk_at_a_time(tmp_path) -> None
 def test_logit_postprocessing_families_keep_the_chunked_loss_exact(tmp_path, config: dict) -> None:
     batch = next(iter(data(tmp_path, batch_size=4).train_dataloader()))
     chunked = module(model_config=config, attn_implementation="eager")
-    assert chunked._resolve_hidden_path() is not None
-    plain = module(model_config=config, loss_implementation="plain", attn_implementation="eager")
+    assert isinstance(chunked.token_loss, ChunkedLoss)
+    plain = module(model_config=config, loss=LossOptions(implementation="plain"), attn_implementation="eager")
     torch.testing.assert_close(
         chunked.compute_loss_sum(batch)[0], plain.compute_loss_sum(batch)[0], rtol=1e-5, atol=1e-5
     )
@@ -101,11 +103,12 @@ def test_a_model_whose_logits_are_not_the_heads_falls_back_to_the_plain_loss(tmp
     assert hidden_state_path(sft.model) is None
     assert "chunked loss is off" in caplog.text
     batch = next(iter(data(tmp_path, batch_size=4).train_dataloader()))
-    reference = module(loss_implementation="plain")
+    reference = module(loss=LossOptions(implementation="plain"))
     torch.testing.assert_close(sft.compute_loss_sum(batch)[0], reference.compute_loss_sum(batch)[0])
 
 
-def test_gpu_only_options_say_so_on_cpu() -> None:
+def test_gpu_only_options_say_so_on_cpu(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only machine, even on a GPU one
     with pytest.raises(ConfigError, match="CUDA GPU"):
         module(liger_kernels=True)
 
@@ -223,7 +226,7 @@ def test_host_chosen_target_positions_give_the_masked_loss(
     )
     batch = next(iter(data(tmp_path, **options).train_dataloader()))
     assert {"target_index", "target_ids"} <= set(batch)
-    sft = module(loss_implementation=loss_implementation)
+    sft = module(loss=LossOptions(implementation=loss_implementation))
     indexed = sft.compute_loss_sum(batch)
     masked = sft.compute_loss_sum({k: v for k, v in batch.items() if k not in ("target_index", "target_ids")})
     torch.testing.assert_close(indexed[0], masked[0], rtol=1e-6, atol=1e-5)

@@ -8,9 +8,9 @@ import datasets
 import pytest
 import torch
 
-from lit_sft.data.tokenize import IGNORE_INDEX
+from lit_sft.batch import IGNORE_INDEX
 from lit_sft.data.vision import VisionCollator, VisionSFTDataModule, align_insertions
-from lit_sft.errors import ConfigError, RowError
+from lit_sft.errors import ConfigError, DataFileError, RowError
 from tests.helpers import write_jsonl, write_parquet
 from tests.vision.helpers import colour_rows, image_png
 
@@ -229,9 +229,9 @@ def test_placeholder_and_image_counts_must_match(processor_dir, tmp_path, placeh
     assert skipped.summaries["train"].dropped == {"image_count_mismatch": 1}
 
 
-def test_a_missing_messages_column_and_other_formats_are_config_errors(processor_dir, tmp_path) -> None:
+def test_a_missing_messages_column_is_a_data_file_error_and_other_formats_a_config_error(processor_dir, tmp_path) -> None:
     files = write_jsonl(str(tmp_path / "t.jsonl"), [{"prompt": "a", "response": "b"}])
-    with pytest.raises(Exception, match="missing column 'messages'"):
+    with pytest.raises(DataFileError, match="missing column 'messages'"):
         datamodule(processor_dir, files, tmp_path)
     with pytest.raises(ConfigError, match=r"data\.format=messages"):
         VisionSFTDataModule(train_files=files, format="prompt_response")

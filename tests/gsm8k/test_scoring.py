@@ -15,15 +15,18 @@ def read(path: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
-def test_every_reference_solution_scores_correct_against_its_own_answer(gsm8k_dir: str, split: str) -> None:
+def test_every_reference_solution_is_read_as_its_official_answer(gsm8k_dir: str, split: str) -> None:
     rows = read(os.path.join(gsm8k_dir, f"{split}.jsonl"))
     assert len(rows) == {"train": 7473, "test": 1319}[split]
     for row in rows:
         # The official answer is the text after '####', commas removed.
         expected = Decimal(row["answer"].split("####")[-1].strip().replace(",", ""))
         assert parse_gold(row["answer"]) == expected, row["answer"]
-        result = score(row["answer"], row["answer"])
+        result = score(row["answer"], str(expected))
+        assert Decimal(result.strict_answer) == Decimal(result.flexible_answer) == expected, row["answer"]
         assert result.strict_correct and result.flexible_correct, row["answer"]
+        off_by_one = score(row["answer"], str(expected + 1))
+        assert not off_by_one.strict_correct and not off_by_one.flexible_correct, row["answer"]
 
 
 def test_flexible_scoring_agrees_with_openais_labels_on_example_model_solutions(gsm8k_dir: str) -> None:

@@ -98,5 +98,6 @@ def test_lit_sft_export_converts_a_checkpoint(tmp_path, capsys) -> None:
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
     assert loaded.dtype == torch.bfloat16
     torch.testing.assert_close(loaded.float()(INPUT).logits, logits_of(module), rtol=0.05, atol=0.05)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         entry_point(["export", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2

@@ -15,8 +15,7 @@ from lit_sft import SFTModule
 from lit_sft.callbacks import GSM8KEvaluation, RunSummary
 from lit_sft.gsm8k.synthetic import SyntheticGSM8KDataModule
 from lit_sft.model import LoraOptions
-from tests.helpers import quiet_trainer, tiny_model_config
-from tests.test_evaluation import oracle_generate
+from tests.helpers import oracle_generate, quiet_trainer, tiny_model_config
 
 RECORD_KEYS = {
     "index", "question", "generation", "strict_answer", "flexible_answer", "gold", "strict_correct",

@@ -8,7 +8,7 @@ import pytest
 
 from lit_sft.commands.fit import entry_point
 
-QUICKSTART = os.path.join(os.path.dirname(__file__), "..", "configs", "quickstart.yaml")
+QUICKSTART = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "quickstart.yaml")
 
 
 def run(args: list[str], capsys) -> str:
@@ -28,14 +28,14 @@ def test_unwritable_outputs_and_gpu_only_options_are_reported_together(tmp_path,
         [
             "--trainer.default_root_dir", str(blocker / "run"),
             "--model.init_args.attn_implementation", "flash_attention_2",
-            "--model.init_args.loss_implementation", "liger",
+            "--model.init_args.loss.implementation", "liger",
         ],
         capsys,
     )  # fmt: skip
     assert "lit-sft: error: the configuration cannot run:" in err
     assert f"trainer.default_root_dir: cannot write to {blocker / 'run'}" in err
     assert "model.attn_implementation=flash_attention_2 needs a CUDA GPU" in err
-    assert "model.loss_implementation=liger needs a CUDA GPU" in err
+    assert "model.loss.implementation=liger needs a CUDA GPU" in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.ckpt"))
 
 
@@ -72,14 +72,14 @@ def test_config_mistakes_fail_at_parse_time_naming_the_key(tmp_path, capsys) -> 
     ]:
         with pytest.raises(SystemExit) as exit_info:
             entry_point(["fit", "--config", QUICKSTART, *args])
-        assert exit_info.value.code != 0
+        assert exit_info.value.code == 2
         assert key in capsys.readouterr().err
 
 
 def test_a_missing_required_path_fails_at_parse_time(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         entry_point(["fit", "--model", "lit_sft.SFTModule", "--data", "lit_sft.SFTDataModule"])
-    assert exit_info.value.code != 0
+    assert exit_info.value.code == 2
     assert "train_files" in capsys.readouterr().err
 
 
@@ -88,3 +88,33 @@ def test_sequence_parallelism_needs_packing_and_a_divisible_world(tmp_path, monk
     err = run(["--model.init_args.sequence_parallel_size", "2"], capsys)
     assert "model.sequence_parallel_size > 1 splits packed sequences: set data.packing=true" in err
     assert "model.sequence_parallel_size=2 must divide the number of processes (1)" in err
+
+
+def test_callbacks_are_recognised_by_type_not_by_class_name(tmp_path) -> None:
+    from lightning.pytorch import Trainer
+
+    from lit_sft import SFTDataModule, SFTModule
+    from lit_sft.callbacks import GSM8KEvaluation
+    from lit_sft.errors import ConfigError
+    from lit_sft.training.preflight import preflight
+    from tests.helpers import arithmetic_rows, tiny_model_config, write_jsonl
+
+    class MyEvaluation(GSM8KEvaluation):  # a renamed subclass is still a GSM8K evaluation
+        pass
+
+    train = write_jsonl(str(tmp_path / "train.jsonl"), arithmetic_rows(2))
+    datamodule = SFTDataModule(train_files=train, tokenizer_name_or_path="builtin:byte-chatml")
+    model = SFTModule(model_config=tiny_model_config(), tokenizer_name_or_path="builtin:byte-chatml")
+    trainer = Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, default_root_dir=str(tmp_path)
+    )
+    preflight(trainer, model, datamodule)  # no evaluation callback: nothing to report
+    trainer = Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[MyEvaluation()],
+    )
+    with pytest.raises(ConfigError, match="GSM8KEvaluation has no questions"):
+        preflight(trainer, model, datamodule)

@@ -9,6 +9,7 @@ from lit_sft import SFTDataModule
 from lit_sft.commands import prepare
 from lit_sft.commands.fit import entry_point
 from lit_sft.errors import ConfigError
+from lit_sft.gsm8k.prepare import GSM8K_INSTRUCTION, gsm8k
 from tests.helpers import write_jsonl
 
 
@@ -21,7 +22,7 @@ def test_prepare_gsm8k_writes_verls_formats(gsm8k_dir, tmp_path, capsys) -> None
     row = train.slice(0, 1).to_pylist()[0]
     assert row["data_source"] == "openai/gsm8k" and row["ability"] == "math"
     assert row["prompt"] == [
-        {"role": "user", "content": row["extra_info"]["question"] + " " + prepare.GSM8K_INSTRUCTION}
+        {"role": "user", "content": row["extra_info"]["question"] + " " + GSM8K_INSTRUCTION}
     ]
     assert row["reward_model"] == {"style": "rule", "ground_truth": "72"}
     assert row["extra_info"]["ground_truth"] == "72" and row["response"].endswith("#### 72")
@@ -31,7 +32,7 @@ def test_prepare_gsm8k_writes_verls_formats(gsm8k_dir, tmp_path, capsys) -> None
 
 
 def test_prepared_gsm8k_trains_on_the_solution(gsm8k_dir, tmp_path) -> None:
-    prepare.gsm8k(gsm8k_dir, str(tmp_path), splits=["test"])
+    gsm8k(gsm8k_dir, str(tmp_path), splits=["test"])
     for prompt_key, response_key, path in [
         ("prompt", "extra_info.answer", tmp_path / "test.parquet"),
         ("prompt", "response", tmp_path / "test.parquet"),

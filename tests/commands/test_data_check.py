@@ -84,6 +84,27 @@ def test_data_check_counts_what_truncation_error_would_reject(tmp_path, capsys) 
     assert int(total_line.split("p100 ")[1].split(" ")[0]) > 300
 
 
+def test_data_check_gives_the_data_module_the_models_tokenizer_settings_as_fit_does(tmp_path) -> None:
+    from lit_sft.commands.data_check import build_datamodule
+
+    train = write_jsonl(str(tmp_path / "train.jsonl"), arithmetic_rows(2))
+    template = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+    dm, clean = build_datamodule(
+        [
+            "--config",
+            write_config(tmp_path, train),
+            "--model.init_args.trust_remote_code",
+            "true",
+            "--model.init_args.chat_template",
+            template,
+        ]
+    )
+    assert clean is None
+    assert dm.trust_remote_code is True
+    assert dm.chat_template == template
+    assert dm.tokenizer_name_or_path == "builtin:byte-chatml"
+
+
 def test_data_check_counts_content_the_template_drops_and_split_conversations(tmp_path, capsys) -> None:
     from tests.real_vocab import TEMPLATES
 

@@ -9,25 +9,7 @@ import torch
 from lit_sft.errors import RowError
 from lit_sft.gsm8k.evaluation import evaluate_items, load_eval_set, shard
 from lit_sft.gsm8k.scoring import GSM8KAccuracy
-from tests.helpers import make_tokenizer, write_jsonl
-
-
-def oracle_generate(tokenizer, answers: dict[str, str]):
-    """A stand-in for ``model.generate`` that answers each question with a fixed text, then end-of-turn."""
-
-    def generate(input_ids, attention_mask, max_new_tokens, pad_token_id, **kwargs):
-        completions = []
-        for row, mask in zip(input_ids, attention_mask, strict=True):
-            prompt = tokenizer.decode(row[mask.bool()])
-            question = prompt.split("<|im_start|>user\n")[-1].split("<|im_end|>")[0]
-            tokens = tokenizer(answers[question], add_special_tokens=False)["input_ids"] + [
-                tokenizer.eos_token_id
-            ]
-            tokens = tokens[:max_new_tokens]
-            completions.append(tokens + [pad_token_id] * (max_new_tokens - len(tokens)))
-        return torch.cat([input_ids, torch.tensor(completions)], dim=1)
-
-    return generate
+from tests.helpers import make_tokenizer, oracle_generate, write_jsonl
 
 
 class Oracle(torch.nn.Module):

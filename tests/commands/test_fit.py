@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from lit_sft.commands.fit import entry_point, main
+from lit_sft.commands.fit import COMMANDS, entry_point, main
 from tests.helpers import write_jsonl
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart.yaml")
 
 
@@ -80,14 +80,38 @@ def test_help_documents_options_from_docstrings(capsys) -> None:
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "--model.help" in text and "--data.help" in text
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--data.help", "lit_sft.SFTDataModule"])
+    assert exit_info.value.code == 0
     data_help = capsys.readouterr().out
     assert "Column (or dotted path) of the response string" in data_help
     assert "--data.truncation {left,right,error}" in data_help
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--model.help", "lit_sft.SFTModule"])
+    assert exit_info.value.code == 0
     assert "Recompute activations in the backward pass" in capsys.readouterr().out
+
+
+def test_lit_sft_help_lists_every_command_with_its_one_line(capsys) -> None:
+    expected = ["fit", "validate", "evaluate", "generate", "prepare", "data check", "export", "verl"]
+    for argv, code in ((["--help"], 0), (["-h"], 0), ([], 2)):
+        with pytest.raises(SystemExit) as exit_info:
+            entry_point(argv)
+        assert exit_info.value.code == code
+        lines = capsys.readouterr().out.splitlines()
+        listed = lines[lines.index("commands:") + 1 :]
+        for line, name in zip(listed, expected, strict=True):
+            assert line.strip().startswith(name + "  ") and len(line.strip()) > len(name) + 10, line
+
+
+def test_every_listed_command_runs_its_own_parser(capsys) -> None:
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            entry_point([*command.name.split(), "--help"])
+        assert exit_info.value.code == 0, command.name
+        usage = capsys.readouterr().out.splitlines()[0].split()
+        assert usage[:2] == ["usage:", "lit-sft"], command.name
+        assert [word for word in usage if word in command.name.split()] == command.name.split(), usage
 
 
 def test_user_errors_print_one_line_without_a_traceback(tmp_path, monkeypatch, capsys) -> None:
@@ -118,7 +142,7 @@ def test_user_errors_print_one_line_without_a_traceback(tmp_path, monkeypatch, c
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model.init_args.loss_chunk_size", "0"], "model.loss_chunk_size must be positive"),
+        (["--model.init_args.loss.chunk_size", "0"], "model.loss.chunk_size must be positive"),
         (
             ["--data.init_args.packing", "true", "--data.init_args.max_tokens_per_batch", "100"],
             "data.max_tokens_per_batch (100) must hold the longest row",
@@ -150,7 +174,7 @@ def test_other_exceptions_are_not_swallowed(monkeypatch) -> None:
 def test_unknown_config_keys_fail_at_parse_time_naming_the_key(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", QUICKSTART, "--data.init_args.batch_sise", "4"])
-    assert exit_info.value.code != 0
+    assert exit_info.value.code == 2
     assert "batch_sise" in capsys.readouterr().err
 
 
@@ -199,8 +223,9 @@ def test_a_tokenizer_without_a_chat_template_names_the_option_that_fixes_it(
         "--trainer.callbacks", "[]",
     ]  # fmt: skip
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         entry_point(args)
+    assert exit_info.value.code == 2
     assert "has no chat template; give one with model.chat_template" in capsys.readouterr().err
     (tmp_path / "chat.jinja").write_text(template, encoding="utf-8")
     cli = main([*args, "--model.init_args.chat_template", str(tmp_path / "chat.jinja")])

@@ -1,0 +1,344 @@
+"""verl's SFT trainer configurations, written down as data: their defaults and what lit_sft does with each key.
+
+Two trainers, two key sets (read from verl-project/verl, not guessed):
+
+* the legacy ``verl.trainer.fsdp_sft_trainer``: ``verl/trainer/config/sft_trainer.yaml`` (its ``optim``
+  comes from the yaml itself; older verl releases spelled ``optim.lr_warmup_steps_ratio`` as
+  ``optim.warmup_steps_ratio`` and ``trainer.resume_from_path`` as ``trainer.resume_path``);
+* the engine-based ``verl.trainer.sft_trainer``: ``verl/trainer/config/sft_trainer_engine.yaml`` with the
+  groups ``model/hf_model.yaml``, ``engine/fsdp.yaml``, ``optim/fsdp.yaml`` and ``profiler/profiler.yaml``.
+
+`IGNORED` lists keys that have no meaning in lit_sft (a warning when set to anything but the default),
+`UNSUPPORTED` keys whose non-default values lit_sft cannot honour (an error saying why).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+#: verl/trainer/config/sft_trainer.yaml (legacy fsdp_sft_trainer), verl commit b178a3cd5.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "data": {
+        "train_batch_size": 256,
+        "micro_batch_size": None,
+        "micro_batch_size_per_gpu": 4,
+        "train_files": "~/data/gsm8k/train.parquet",
+        "val_files": "~/data/gsm8k/test.parquet",
+        "train_max_samples": -1,
+        "val_max_samples": -1,
+        "prompt_key": "question",
+        "response_key": "answer",
+        "prompt_dict_keys": None,
+        "response_dict_keys": None,
+        "multiturn": {
+            "enable": False,
+            "messages_key": "messages",
+            "tools_key": "tools",
+            "enable_thinking_key": "enable_thinking",
+        },
+        "max_length": 1024,
+        "truncation": "error",
+        "balance_dp_token": False,
+        "chat_template": None,
+        "custom_cls": {"path": None, "name": None},
+        "use_shm": False,
+        "apply_chat_template_kwargs": {},
+    },
+    "model": {
+        "partial_pretrain": "~/models/gemma-1.1-7b-it",
+        "use_shm": False,
+        "fsdp_config": {
+            "model_dtype": "fp32",
+            "wrap_policy": {"min_num_params": 0},
+            "cpu_offload": False,
+            "offload_params": False,
+        },
+        "external_lib": None,
+        "enable_gradient_checkpointing": True,
+        "trust_remote_code": False,
+        "lora_rank": 0,
+        "lora_alpha": 16,
+        "target_modules": "all-linear",
+        "use_liger": False,
+        "strategy": "fsdp2",
+    },
+    "optim": {
+        "lr": 1e-5,
+        "betas": [0.9, 0.95],
+        "weight_decay": 0.01,
+        "lr_warmup_steps_ratio": 0.1,
+        "clip_grad": 1.0,
+        "lr_scheduler": "cosine",
+    },
+    "ulysses_sequence_parallel_size": 1,
+    "use_remove_padding": False,
+    "trainer": {
+        "default_local_dir": "checkpoints/${trainer.project_name}/${trainer.experiment_name}",
+        "default_hdfs_dir": None,
+        "project_name": "gsm8k-sft",
+        "experiment_name": "test",
+        "total_epochs": 4,
+        "total_training_steps": None,
+        "logger": ["console", "wandb"],
+        "seed": 1,
+        "save_freq": -1,
+        "test_freq": -1,
+        "nnodes": 1,
+        "n_gpus_per_node": 8,
+        "max_ckpt_to_keep": None,
+        "resume_mode": "auto",
+        "resume_from_path": None,
+        "checkpoint": {
+            "save_contents": ["model", "optimizer", "extra"],
+            "load_contents": "${trainer.checkpoint.save_contents}",
+        },
+        "device": "cuda",
+    },
+}
+
+#: Old spellings of legacy keys (verl releases before the rename) -> today's key.
+LEGACY_ALIASES = {
+    "optim.warmup_steps_ratio": "optim.lr_warmup_steps_ratio",
+    "trainer.resume_path": "trainer.resume_from_path",
+}
+
+#: verl/trainer/config/sft_trainer_engine.yaml + model/hf_model.yaml + engine/fsdp.yaml + optim/fsdp.yaml
+#: + profiler/profiler.yaml (engine-based sft_trainer), verl commit b178a3cd5. ``_target_`` keys left out.
+ENGINE_DEFAULTS: dict[str, Any] = {
+    "model": {
+        "path": "~/models/deepseek-llm-7b-chat",
+        "hf_config_path": None,
+        "tokenizer_path": None,
+        "use_shm": False,
+        "trust_remote_code": False,
+        "custom_chat_template": None,
+        "external_lib": None,
+        "override_config": {},
+        "enable_gradient_checkpointing": True,
+        "enable_activation_offload": False,
+        "use_remove_padding": True,
+        "lora_rank": 0,
+        "lora_alpha": 16,
+        "target_modules": "all-linear",
+        "exclude_modules": None,
+        "lora_adapter_path": None,
+        "use_liger": False,
+        "use_fused_kernels": False,
+        "fused_kernel_options": {"impl_backend": "torch"},
+        "tiled_mlp": {"enabled": False, "num_shards": 4},
+        "mtp": {
+            "enable": False,
+            "enable_train": False,
+            "enable_rollout": False,
+            "detach_encoder": False,
+            "mtp_loss_scaling_factor": 0.1,
+            "speculative_algorithm": "EAGLE",
+            "speculative_num_steps": 2,
+            "speculative_eagle_topk": 2,
+            "speculative_num_draft_tokens": 4,
+            "method": "mtp",
+            "num_speculative_tokens": 1,
+        },
+    },
+    "engine": {
+        "wrap_policy": {"min_num_params": 0},
+        "param_offload": False,
+        "optimizer_offload": False,
+        "offload_policy": False,
+        "reshard_after_forward": True,
+        "fsdp_size": -1,
+        "forward_prefetch": False,
+        "model_dtype": "fp32",
+        "use_orig_params": False,
+        "seed": 42,
+        "full_determinism": False,
+        "ulysses_sequence_parallel_size": 1,
+        "entropy_from_logits_with_chunking": False,
+        "use_torch_compile": True,
+        "entropy_checkpointing": False,
+        "forward_only": False,
+        "strategy": "fsdp",
+        "dtype": "bfloat16",
+    },
+    "optim": {
+        "optimizer": "AdamW",
+        "optimizer_impl": "torch.optim",
+        "lr": 1e-3,
+        "lr_warmup_steps_ratio": 0.0,
+        "total_training_steps": -1,
+        "weight_decay": 0.01,
+        "lr_warmup_steps": -1,
+        "betas": [0.9, 0.999],
+        "clip_grad": 1.0,
+        "min_lr_ratio": 0.0,
+        "num_cycles": 0.5,
+        "lr_scheduler_type": "constant",
+        "warmup_style": None,
+        "override_optimizer_config": None,
+    },
+    "profiler": {
+        "tool": "torch",
+        "enable": False,
+        "all_ranks": False,
+        "ranks": [],
+        "save_path": "outputs/profile",
+        "tool_config": None,
+    },
+    "data": {
+        "train_batch_size": 256,
+        "micro_batch_size_per_gpu": 4,
+        "max_token_len_per_gpu": 8192,
+        "use_dynamic_bsz": True,
+        "train_files": "~/data/gsm8k/train.parquet",
+        "val_files": None,
+        "train_max_samples": -1,
+        "val_max_samples": -1,
+        "messages_key": "messages",
+        "tools_key": "tools",
+        "enable_thinking_key": "enable_thinking",
+        "pad_mode": "no_padding",
+        "max_length": 1024,
+        "truncation": "error",
+        "balance_dp_token": False,
+        "custom_cls": {"path": None, "name": None},
+        "use_shm": False,
+        "apply_chat_template_kwargs": {},
+        "ignore_input_ids_mismatch": False,
+    },
+    "checkpoint": {
+        "save_contents": ["model", "optimizer", "extra"],
+        "load_contents": "${checkpoint.save_contents}",
+    },
+    "trainer": {
+        "default_local_dir": "checkpoints/${trainer.project_name}/${trainer.experiment_name}",
+        "default_hdfs_dir": None,
+        "project_name": "gsm8k-sft",
+        "experiment_name": "test",
+        "total_epochs": 4,
+        "total_training_steps": None,
+        "logger": ["console", "wandb"],
+        "seed": 1,
+        "save_freq": -1,
+        "test_freq": -1,
+        "max_ckpt_to_keep": None,
+        "resume_mode": "auto",
+        "resume_from_path": None,
+        "device": "cuda",
+        "nnodes": 1,
+        "n_gpus_per_node": 1,
+        "profile_interval": [-1, -1],
+    },
+}
+
+#: Config groups of the engine trainer (``engine=fsdp`` on the command line selects a group's file).
+ENGINE_GROUPS = {"model": ("hf_model",), "engine": ("fsdp",), "optim": ("fsdp",), "profiler": ("profiler",)}
+
+#: Keys only the legacy trainer has, and keys only the engine trainer has: they tell the two apart.
+LEGACY_MARKERS = (
+    "model.partial_pretrain", "model.strategy", "model.fsdp_config", "ulysses_sequence_parallel_size",
+    "use_remove_padding", "data.prompt_key", "data.response_key", "data.prompt_dict_keys",
+    "data.response_dict_keys", "data.multiturn", "data.micro_batch_size", "data.chat_template",
+    "optim.lr_scheduler", "optim.warmup_steps_ratio", "trainer.checkpoint", "trainer.resume_path",
+)  # fmt: skip
+ENGINE_MARKERS = (
+    "model.path", "model.use_remove_padding", "model.tokenizer_path", "model.custom_chat_template",
+    "model.override_config", "engine", "checkpoint", "profiler", "data.messages_key", "data.tools_key",
+    "data.pad_mode", "data.use_dynamic_bsz", "data.max_token_len_per_gpu", "data.ignore_input_ids_mismatch",
+    "trainer.profile_interval",
+)  # fmt: skip
+
+#: Keys with no meaning in lit_sft: a warning (with the reason) when set to a non-default value.
+IGNORED: dict[str, str] = {
+    "data.use_shm": "lit_sft reads files in place (no shared-memory copy)",
+    "model.use_shm": "lit_sft loads the model in place (no shared-memory copy)",
+    "trainer.default_hdfs_dir": "lit_sft does not copy checkpoints to HDFS; copy trainer.default_local_dir yourself",
+    "data.balance_dp_token": "lit_sft's loss is always the per-token mean over all ranks of the step",
+    "data.ignore_input_ids_mismatch": "lit_sft renders each conversation once, so there is no per-turn mismatch",
+    "engine.use_orig_params": "lit_sft's FSDP preset always uses original parameters",
+    "engine.forward_prefetch": "an FSDP1 performance knob lit_sft's preset leaves at its default",
+    "engine.use_torch_compile": "used by verl for the entropy computation of RL only",
+    "engine.entropy_from_logits_with_chunking": "RL only",
+    "engine.entropy_checkpointing": "RL only",
+    "engine.seed": "lit_sft seeds everything with trainer.seed",
+    "engine.optimizer_offload": "lit_sft offloads optimizer states together with parameters (engine.param_offload)",
+    "model.fused_kernel_options.impl_backend": "fused kernels are not used (model.use_fused_kernels)",
+    "model.tiled_mlp.num_shards": "TiledMLP is not used (model.tiled_mlp.enabled)",
+    "optim.total_training_steps": "filled in from trainer.total_training_steps / total_epochs",
+    "trainer.checkpoint.load_contents": "lit_sft checkpoints always hold model, optimizer and data position",
+    "trainer.checkpoint.save_contents": "lit_sft checkpoints always hold model, optimizer and data position,"
+    " plus an HF model in huggingface/",
+    "checkpoint.load_contents": "lit_sft checkpoints always hold model, optimizer and data position",
+    "checkpoint.save_contents": "lit_sft checkpoints always hold model, optimizer and data position,"
+    " plus an HF model in huggingface/",
+    "profiler": "use Lightning's profiler (trainer.profiler) in a native config",
+    "trainer.profile_interval": "use Lightning's profiler (trainer.profiler) in a native config",
+}
+
+#: Keys lit_sft cannot honour when they differ from the default: an error with the reason.
+UNSUPPORTED: dict[str, str] = {
+    "data.micro_batch_size": "deprecated in verl; use data.micro_batch_size_per_gpu",
+    "data.custom_cls.path": "custom verl dataset classes are verl code; use lit_sft's data formats or a "
+    "SFTDataModule subclass in a native config",
+    "data.custom_cls.name": "custom verl dataset classes are verl code (see data.custom_cls.path)",
+    "data.multiturn.enable_thinking_key": "a per-row enable_thinking column is not supported; "
+    "set data.apply_chat_template_kwargs={enable_thinking: ...} for all rows",
+    "data.enable_thinking_key": "a per-row enable_thinking column is not supported; "
+    "set data.apply_chat_template_kwargs={enable_thinking: ...} for all rows",
+    "model.external_lib": "lit_sft does not import extra model libraries; register the model with "
+    "transformers' Auto classes before calling lit_sft.commands.fit.main",
+    "model.fsdp_config.wrap_policy.min_num_params": "lit_sft's FSDP presets wrap each decoder layer "
+    "(strategy layer_classes), not by parameter count",
+    "engine.wrap_policy.min_num_params": "lit_sft's FSDP presets wrap each decoder layer, not by parameter count",
+    "engine.fsdp_size": "lit_sft shards over all data-parallel ranks (hybrid sharding: native FSDP preset)",
+    "engine.full_determinism": "not available; lit_sft runs are seeded (trainer.seed) and resume exactly",
+    "model.hf_config_path": "lit_sft reads the config from model.path",
+    "model.enable_activation_offload": "activation offloading is not available; use gradient checkpointing",
+    "model.exclude_modules": "LoRA exclude_modules is not available; list model.target_modules instead",
+    "model.lora_adapter_path": "continuing from a LoRA adapter is not available; merge it into model.path first",
+    "model.use_fused_kernels": "verl's fused kernels are not available; model.use_liger gives Liger's kernels",
+    "model.tiled_mlp.enabled": "TiledMLP is not available; use gradient checkpointing",
+    "model.mtp.enable": "multi-token prediction is not available",
+    "model.mtp.enable_train": "multi-token prediction is not available",
+    "model.mtp.enable_rollout": "multi-token prediction is not available",
+    "optim.optimizer": "only AdamW from verl's options (a native config takes any optimizer)",
+    "optim.optimizer_impl": "only torch.optim (a native config takes any optimizer class)",
+    "optim.num_cycles": "lit_sft's cosine schedule is the half cycle (num_cycles 0.5)",
+    "optim.override_optimizer_config": "extra optimizer arguments need a native config (model.optimizer)",
+}
+
+
+#: Keys verl reads with ``config.get`` although no yaml lists them (added with ``+key=value``): their default.
+EXTRA_KEYS: dict[str, Any] = {
+    "data.shuffle": False,  # SFTDataset / MultiTurnSFTDataset: shuffle before train_max_samples
+    "data.seed": None,  # the seed of that shuffle
+    "model.lora_adapter_path": None,  # fsdp_sft_trainer.py reads it with .get
+}
+
+
+#: Mappings whose keys are the user's own (passed on to the chat template or the model config).
+FREE_FORM = ("data.apply_chat_template_kwargs", "model.override_config", "optim.override_optimizer_config")
+
+
+def defaults(schema: str) -> dict[str, Any]:
+    """A fresh copy of the ``legacy`` or ``engine`` defaults.
+
+    The legacy yaml starts with ``defaults: [optim: fsdp, _self_]``: its ``optim`` is ``optim/fsdp.yaml``
+    overridden by its own ``optim`` section (the legacy trainer reads only the keys the yaml sets).
+    """
+    if schema == "engine":
+        return copy.deepcopy(ENGINE_DEFAULTS)
+    tree = copy.deepcopy(LEGACY_DEFAULTS)
+    tree["optim"] = {**copy.deepcopy(ENGINE_DEFAULTS["optim"]), **tree["optim"]}
+    return tree
+
+
+def dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    """Every key of a nested dict, dotted, leaves and inner nodes alike."""
+    keys = []
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        keys.append(path)
+        if isinstance(value, dict):
+            keys += dotted_keys(value, path + ".")
+    return keys

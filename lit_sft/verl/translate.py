@@ -1,0 +1,369 @@
+"""A verl SFT configuration (`lit_sft.verl.overrides.VerlConfig`) as a native LightningCLI config (a dict).
+
+Each verl key maps to the lit_sft option with the same meaning (the README's "Coming from verl" table);
+`Launch` carries what the launcher decides (torchrun's process counts, whether CUDA is there), so the
+translation itself is pure and testable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from lit_sft.data.datamodule import accumulation_for
+from lit_sft.errors import ConfigError
+from lit_sft.verl.outputs import loggers, resume_from
+from lit_sft.verl.overrides import VerlConfig
+
+_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+           "fp16": "float16", "float16": "float16"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How the processes were started.
+
+    Attributes:
+        world_size: Processes in the run (torchrun's ``WORLD_SIZE``), or None without torchrun.
+        local_world_size: Processes on this node (``LOCAL_WORLD_SIZE``).
+        cuda: Whether a CUDA device is available.
+    """
+
+    world_size: int | None = None
+    local_world_size: int | None = None
+    cuda: bool = False
+
+    @classmethod
+    def detect(cls) -> Launch:
+        """From torchrun's environment variables and torch."""
+        import torch
+
+        world = os.environ.get("WORLD_SIZE")
+        local = os.environ.get("LOCAL_WORLD_SIZE", world)
+        return cls(int(world) if world else None, int(local) if local else None, torch.cuda.is_available())
+
+
+@dataclass
+class Translation:
+    """The native config and what the user should know about it.
+
+    Attributes:
+        config: The LightningCLI ``fit`` config (``lit-sft fit --config`` runs it).
+        warnings: Settings with no effect, or adjusted to this machine.
+        notes: How verl's semantics were carried over (printed once, informational).
+    """
+
+    config: dict[str, Any]
+    warnings: list[str]
+    notes: list[str]
+
+
+def _path(value: Any) -> Any:
+    if isinstance(value, str):
+        return os.path.expanduser(value)
+    if isinstance(value, list):
+        return [_path(item) for item in value]
+    return value
+
+
+def _column(config: VerlConfig, key: str, dict_keys: str, fallback: str) -> str:
+    column = config.get(key, fallback)
+    if isinstance(column, list):
+        if len(column) != 1:
+            raise ConfigError(f"verl key {key}={column!r}: lit_sft reads one prompt/response column")
+        column = column[0]
+    return ".".join([str(column), *[str(k) for k in config.get(dict_keys) or []]])
+
+
+def translate(config: VerlConfig, launch: Launch, log_dir: str | None = None) -> Translation:
+    """The native ``fit`` config of a verl SFT configuration.
+
+    Args:
+        config: The verl configuration (defaults, file and overrides applied).
+        launch: The process layout and devices.
+        log_dir: Where CSV/TensorBoard logs (and wandb, without ``$WANDB_DIR``) go; default
+            ``<trainer.default_local_dir>/logs``.
+    """
+    legacy = config.schema == "legacy"
+    warnings, notes = list(config.warnings), []
+    get = config.get
+
+    # Devices: torchrun decides the process count (verl's trainers do the same); without it, Lightning
+    # starts trainer.n_gpus_per_node processes on a GPU machine and one on a CPU machine.
+    device = get("trainer.device", "cuda")
+    if device not in ("cuda", "cpu"):
+        raise ConfigError(f"verl key trainer.device={device!r} is not supported: use cuda or cpu")
+    accelerator = "gpu" if device == "cuda" and launch.cuda else "cpu"
+    if device == "cuda" and not launch.cuda:
+        warnings.append("trainer.device=cuda but no CUDA device here: running on CPU in float32")
+    gpus, nodes = int(get("trainer.n_gpus_per_node", 1)), int(get("trainer.nnodes", 1))
+    if launch.world_size is not None:
+        devices = launch.local_world_size or launch.world_size
+        num_nodes = launch.world_size // devices
+        for key, value, actual in (
+            ("trainer.n_gpus_per_node", gpus, devices),
+            ("trainer.nnodes", nodes, num_nodes),
+        ):
+            if key in config.given and value != actual:
+                warnings.append(f"{key}={value} but torchrun started {actual}: following torchrun")
+    elif accelerator == "gpu":
+        if nodes > 1:
+            raise ConfigError(
+                "trainer.nnodes > 1: launch with torchrun on every node (torchrun ... -m lit_sft verl ...)"
+            )
+        devices, num_nodes = gpus, 1
+    else:
+        devices, num_nodes = 1, 1
+        if "trainer.n_gpus_per_node" in config.given and gpus > 1:
+            warnings.append(
+                f"trainer.n_gpus_per_node={gpus} on CPU without torchrun runs one process; "
+                f"use torchrun --nproc_per_node {gpus} -m lit_sft verl ..."
+            )
+    world = devices * num_nodes
+
+    # Batches: verl's global batch over data-parallel ranks (sequence-parallel groups share rows).
+    sequence = int(
+        get("ulysses_sequence_parallel_size" if legacy else "engine.ulysses_sequence_parallel_size", 1)
+    )
+    if world % sequence:
+        raise ConfigError(f"ulysses_sequence_parallel_size={sequence} does not divide the {world} processes")
+    data_parallel = world // sequence
+    global_batch = int(get("data.train_batch_size"))
+    micro = int(get("data.micro_batch_size_per_gpu"))
+    if global_batch % data_parallel:
+        raise ConfigError(
+            f"data.train_batch_size={global_batch} is not divisible by the data-parallel size {data_parallel} "
+            f"({world} processes / ulysses_sequence_parallel_size {sequence})"
+        )
+    accumulation = accumulation_for(global_batch, micro, data_parallel)
+    packing = (
+        bool(get("use_remove_padding"))
+        if legacy
+        else bool(get("model.use_remove_padding") or get("data.pad_mode") == "no_padding")
+    )
+    if sequence > 1 and not packing:
+        raise ConfigError(
+            "ulysses_sequence_parallel_size > 1 needs use_remove_padding=true (verl asserts the same)"
+        )
+    if not legacy and get("data.use_dynamic_bsz"):
+        notes.append(
+            "data.use_dynamic_bsz: micro-batches hold micro_batch_size_per_gpu rows; each step still sees "
+            "train_batch_size rows and the loss does not depend on how a step is split"
+        )
+
+    data = _data(config, legacy, micro, global_batch // data_parallel, packing, warnings)
+    model = _model(config, legacy, accelerator, sequence)
+    trainer = _trainer(config, legacy, accelerator, devices, num_nodes, accumulation, log_dir, warnings)
+    native: dict[str, Any] = {
+        "seed_everything": int(get("trainer.seed", 1)),
+        "trainer": trainer,
+        "model": {"class_path": "lit_sft.SFTModule", "init_args": model},
+        "data": {"class_path": "lit_sft.SFTDataModule", "init_args": data},
+    }
+    resume = resume_from(config, trainer["callbacks"][0]["init_args"]["dirpath"])
+    if resume:
+        native["ckpt_path"] = resume
+        notes.append(f"resuming from {resume}")
+    notes.append(
+        f"{world} process(es), data-parallel {data_parallel}: {global_batch} rows per step = {micro} x "
+        f"{data_parallel} x accumulation {accumulation}"
+    )
+    return Translation(native, warnings, notes)
+
+
+def _data(
+    config: VerlConfig, legacy: bool, micro: int, val_batch: int, packing: bool, warnings: list[str]
+) -> dict[str, Any]:
+    get = config.get
+    data: dict[str, Any] = {
+        "train_files": _path(get("data.train_files")),
+        "val_files": _path(get("data.val_files")),
+        "max_length": get("data.max_length", 1024),
+        "truncation": get("data.truncation", "error"),
+        "batch_size": micro,
+        "global_batch_size": int(get("data.train_batch_size")),
+        "drop_last": True,  # verl's DistributedSampler and DataLoader both drop_last=True
+        # verl validates with micro_batch_size_per_gpu rows (legacy) or the per-rank train batch (engine).
+        "val_batch_size": micro if legacy else val_batch,
+        "packing": packing,
+        "shuffle": True,
+        "seed": int(get("trainer.seed", 1)),
+        "template_kwargs": dict(get("data.apply_chat_template_kwargs") or {}),
+    }
+    for key, native in (
+        ("data.train_max_samples", "max_train_samples"),
+        ("data.val_max_samples", "max_val_samples"),
+    ):
+        value = get(key, -1)
+        data[native] = None if value is None or value < 0 else int(value)
+    if get("data.shuffle") and (data["max_train_samples"] or data["max_val_samples"]):
+        raise ConfigError(
+            "data.shuffle=true (a random train_max_samples subset) is not supported: lit_sft takes the first rows"
+        )
+    if legacy and not get("data.multiturn.enable"):
+        # verl's SFTDataset: the prompt becomes a user message rendered with the chat template and the
+        # generation prompt; the response and EOS follow (lit_sft renders the pair with the template).
+        data["format"] = "prompt_response"
+        data["prompt_key"] = _column(config, "data.prompt_key", "data.prompt_dict_keys", "prompt")
+        data["response_key"] = _column(config, "data.response_key", "data.response_dict_keys", "response")
+    else:
+        prefix = "data.multiturn." if legacy else "data."
+        data["format"] = "messages"
+        data["messages_key"] = get(prefix + "messages_key", "messages")
+        data["tools_key"] = get(prefix + "tools_key", "tools")
+        _refuse_thinking_column(data, get(prefix + "enable_thinking_key", "enable_thinking"))
+    if not legacy and get("data.pad_mode") == "no_padding" and data["truncation"] != "right":
+        # MultiTurnSFTDataset in no_padding mode cuts at max_length whatever truncation says.
+        if "data.truncation" in config.given:
+            warnings.append(f"data.truncation={data['truncation']} has no effect with data.pad_mode=no_padding "
+                            "in verl (rows are cut at max_length): doing the same")  # fmt: skip
+        data["truncation"] = "right"
+    return data
+
+
+def _refuse_thinking_column(data: dict[str, Any], column: str) -> None:
+    """verl's MultiTurnSFTDataset passes a per-row ``enable_thinking`` column to the chat template; lit_sft
+    does not, so local parquet files that have one are refused rather than silently read without it."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    specs = [data["train_files"], data["val_files"]]
+    for spec in [item for value in specs if value for item in ([value] if isinstance(value, str) else value)]:
+        for path in glob.glob(spec) if spec.endswith(".parquet") else []:
+            if column in pq.read_schema(path).names:
+                raise ConfigError(
+                    f"{path} has a per-row {column!r} column, which verl passes to the chat template and lit_sft "
+                    "does not: drop the column and set data.apply_chat_template_kwargs={enable_thinking: ...}"
+                )
+
+
+def _model(config: VerlConfig, legacy: bool, accelerator: str, sequence: int) -> dict[str, Any]:
+    get = config.get
+    prefix = "model.fsdp_config." if legacy else "engine."
+    dtype = get(prefix + "model_dtype", "fp32")
+    if dtype not in _DTYPES:
+        raise ConfigError(f"verl key {prefix}model_dtype={dtype!r}: expected one of {', '.join(_DTYPES)}")
+    model: dict[str, Any] = {
+        "model_name_or_path": _path(get("model.partial_pretrain" if legacy else "model.path")),
+        "dtype": _DTYPES[dtype],
+        "trust_remote_code": bool(get("model.trust_remote_code")),
+        "gradient_checkpointing": bool(get("model.enable_gradient_checkpointing")),
+        "liger_kernels": bool(get("model.use_liger")),
+        "sequence_parallel_size": sequence,
+    }
+    if not legacy and get("model.tokenizer_path"):
+        model["tokenizer_name_or_path"] = _path(get("model.tokenizer_path"))
+    template = get("data.chat_template") if legacy else get("model.custom_chat_template")
+    if template:
+        model["chat_template"] = template
+    if not legacy and get("model.override_config"):
+        model["model_kwargs"] = dict(get("model.override_config"))
+    rank = int(get("model.lora_rank", 0) or 0)
+    if rank > 0:
+        targets = get("model.target_modules", "all-linear")
+        model["lora"] = {"r": rank, "alpha": get("model.lora_alpha", 16), "target_modules": targets}
+    model["optimizer"] = {
+        "class_path": "torch.optim.AdamW",
+        "init_args": {"lr": float(get("optim.lr")), "betas": list(get("optim.betas")),
+                      "weight_decay": float(get("optim.weight_decay"))},
+    }  # fmt: skip
+    model["lr_scheduler"] = {"class_path": "lit_sft.WarmupDecayLR", "init_args": _schedule(config, legacy)}
+    return model
+
+
+def _schedule(config: VerlConfig, legacy: bool) -> dict[str, Any]:
+    get = config.get
+    if (
+        legacy
+    ):  # fsdp_sft_trainer.py: cosine (or wsd) with warmup int(total * lr_warmup_steps_ratio), down to 0
+        name, warmup_steps, minimum = get("optim.lr_scheduler", "cosine"), 0, 0.0
+    else:  # engine: optim/fsdp.yaml's lr_scheduler_type (warmup_style is its deprecated name)
+        name = get("optim.warmup_style") or get("optim.lr_scheduler_type", "constant")
+        warmup_steps, minimum = (
+            max(int(get("optim.lr_warmup_steps", -1)), 0),
+            float(get("optim.min_lr_ratio", 0.0)),
+        )
+    if name not in ("cosine", "constant"):
+        raise ConfigError(f"verl lr scheduler {name!r} is not supported: use cosine or constant")
+    schedule = {
+        "schedule": name,
+        "warmup_ratio": float(get("optim.lr_warmup_steps_ratio", 0.0)),
+        "min_lr_ratio": minimum,
+    }
+    if warmup_steps:
+        schedule["warmup_steps"] = warmup_steps
+    return schedule
+
+
+def _strategy(config: VerlConfig, legacy: bool, accelerator: str, warnings: list[str]) -> dict[str, Any]:
+    get = config.get
+    name = get("model.strategy", "fsdp2") if legacy else get("engine.strategy", "fsdp")
+    if legacy:
+        offload = bool(get("model.fsdp_config.cpu_offload"))
+        # FSDP1's CPUOffload moves parameters only with offload_params (fsdp_sft_trainer.py); FSDP2's policy always.
+        offload = offload and (name == "fsdp2" or bool(get("model.fsdp_config.offload_params")))
+        reshard = True
+    else:
+        offload = bool(get("engine.param_offload") or get("engine.offload_policy"))
+        reshard = bool(get("engine.reshard_after_forward", True))
+    mixed = {"param_dtype": "bfloat16" if get("engine.dtype", "bfloat16") == "bfloat16" else "float16",
+             "reduce_dtype": "float32"} if accelerator == "gpu" else {}  # fmt: skip
+    if name == "fsdp" and accelerator == "cpu":  # torch's FSDP (1) refuses CPU tensors; FSDP2 runs with gloo
+        warnings.append("strategy fsdp (FSDP1) needs a GPU: using fsdp2 on CPU")
+        name = "fsdp2"
+    if name == "fsdp2":
+        return {"class_path": "lit_sft.training.strategies.FSDP2Strategy",
+                "init_args": {"reshard_after_forward": reshard, "cpu_offload": offload, **mixed}}  # fmt: skip
+    if name == "fsdp":
+        sharding = "FULL_SHARD" if reshard else "SHARD_GRAD_OP"
+        return {"class_path": "lit_sft.training.strategies.FSDPStrategyPreset",
+                "init_args": {"sharding_strategy": sharding, "cpu_offload": offload, **mixed}}  # fmt: skip
+    raise ConfigError(f"verl strategy {name!r} is not supported: use fsdp or fsdp2")
+
+
+def _trainer(
+    config: VerlConfig, legacy: bool, accelerator: str, devices: int, num_nodes: int, accumulation: int,
+    log_dir: str | None, warnings: list[str],
+) -> dict[str, Any]:  # fmt: skip
+    get = config.get
+    root = _path(get("trainer.default_local_dir"))
+    logs = _path(log_dir) if log_dir else os.path.join(root, "logs")
+    precision = "32-true"
+    if accelerator == "gpu":
+        dtype = _DTYPES[get(("model.fsdp_config." if legacy else "engine.") + "model_dtype", "fp32")]
+        half = "16" if not legacy and get("engine.dtype") == "float16" else "bf16"
+        precision = f"{half}-mixed" if dtype == "float32" else f"{half}-true"
+    steps = get("trainer.total_training_steps")
+    trainer: dict[str, Any] = {
+        "accelerator": accelerator,
+        "devices": devices,
+        "num_nodes": num_nodes,
+        "strategy": _strategy(config, legacy, accelerator, warnings),
+        "precision": precision,
+        "max_epochs": int(get("trainer.total_epochs")),
+        "max_steps": int(steps) if steps is not None else -1,
+        "gradient_clip_val": get("optim.clip_grad"),
+        "default_root_dir": root,
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": 1,
+        "logger": loggers(config, logs),
+    }
+    test_freq = get("trainer.test_freq", -1)
+    if test_freq == "after_each_epoch":
+        trainer["check_val_every_n_epoch"] = 1
+    elif int(test_freq) > 0:  # verl counts optimizer steps; Lightning counts micro-batches
+        trainer.update(val_check_interval=int(test_freq) * accumulation, check_val_every_n_epoch=None)
+    elif steps is not None:  # verl validates at its last step
+        trainer.update(val_check_interval=int(steps) * accumulation, check_val_every_n_epoch=None)
+    else:
+        trainer["check_val_every_n_epoch"] = int(get("trainer.total_epochs"))
+    save_freq = get("trainer.save_freq", -1)
+    checkpoint: dict[str, Any] = {"dirpath": root, "max_to_keep": get("trainer.max_ckpt_to_keep")}
+    if save_freq == "after_each_epoch":
+        checkpoint["every_n_epochs"] = 1
+    elif int(save_freq) > 0:
+        checkpoint["every_n_train_steps"] = int(save_freq)
+    trainer["callbacks"] = [{"class_path": "lit_sft.callbacks.GlobalStepCheckpoint", "init_args": checkpoint}]
+    return trainer
