@@ -250,6 +250,8 @@ class ConversationRenderer:
             if not split:
                 raise _not_prefix_stable(conversation.field, pending[0])
             text = through[pending[-1]]  # the conversation up to the last turn not yet trained
+        # The whole conversation is a row only if it trains a turn (it may not: [user, assistant, user]).
+        rows = [row for row in rows if row[1]] or rows[:1]
         rows.sort(key=lambda row: row[1][-1] if row[1] else len(messages))
         rendered = [self._assemble(text, taken, before, through) for text, taken in rows]
         rendered[0].lost = ", ".join(field for field, _ in lost)

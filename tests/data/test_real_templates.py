@@ -358,3 +358,12 @@ def test_smollm2_masks_from_the_gguf_tokenizer_match_the_generation_marked_templ
     rows = our_rows(smollm2[0], messages)
     assert len(rows) == 1
     assert_exact(rows, reference_turns(*smollm2, messages), tokenizer=smollm2[0])
+
+
+def test_a_conversation_ending_with_a_user_message_adds_no_empty_row(qwen3) -> None:
+    # Qwen3 strips the turn's empty <think> block once a user message follows, so the whole conversation
+    # trains nothing: only the row ending with the turn remains.
+    messages = [*CONVERSATIONS["single"], user("Thanks!")]
+    rows = our_rows(qwen3[0], messages)
+    assert len(rows) == 1
+    assert_exact(rows, reference_turns(*qwen3, messages))
