@@ -101,8 +101,8 @@ def test_the_smollm2_recipe_fine_tunes_the_gguf_model_and_exports_it(tmp_path, g
     assert losses[-1] < losses[0]  # the same 4 rows every step
 
     # The trained checkpoint and the GGUF file itself both export to plain Hugging Face directories.
+    from lit_sft.commands.export import main as export_main
     from lit_sft.inference.export import export_checkpoint
-    from lit_sft.inference.export import main as export_main
 
     [checkpoint] = glob.glob(str(root / "logs" / "version_*" / "checkpoints" / "*.ckpt"))
     export_main("export", ["--model", gguf_file, "--out", str(tmp_path / "converted")])
