@@ -86,7 +86,8 @@ class MicroBatchSampler(DistributedSampler):
             raise ValueError("cannot sample from an empty dataset")
         self.num_tokens = np.asarray(num_tokens, dtype=np.int64)
         self.num_trained = np.asarray(num_trained, dtype=np.int64)
-        self.dataset = self.num_tokens  # what DistributedSampler's attributes refer to
+        # What DistributedSampler's attributes refer to (typed there as a Dataset; only its length is read).
+        self.dataset = self.num_tokens  # type: ignore[assignment]
         self.num_replicas, self.rank = num_replicas, rank
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.max_tokens_per_batch, self.packing = max_tokens_per_batch, packing
@@ -95,6 +96,7 @@ class MicroBatchSampler(DistributedSampler):
         self.epoch = 0
         self._start = 0  # micro-batches of the current epoch to skip (set when resuming)
         if max_tokens_per_batch is None:
+            assert batch_size is not None  # checked above
             self._groups = None
             num_global = -(-len(self.num_tokens) // batch_size)
         elif packing:
@@ -121,6 +123,7 @@ class MicroBatchSampler(DistributedSampler):
     def micro_batches(self, epoch: int) -> list[np.ndarray]:
         """The row indices of every micro-batch of ``epoch``, in order (before sharding across ranks)."""
         if self._groups is None:
+            assert self.batch_size is not None  # no groups: fixed-size batches (checked in __init__)
             order = (
                 self._rng(epoch).permutation(len(self.num_tokens))
                 if self.shuffle
