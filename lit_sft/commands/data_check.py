@@ -81,7 +81,9 @@ class SplitCheck:
 
 def mark_trained(tokenizer: Any, input_ids: list[int], labels: list[int]) -> str:
     """Decode a row with every run of trained tokens wrapped in ``[[`` and ``]]``."""
-    pieces, run, trained = [], [], False
+    pieces: list[str] = []
+    run: list[int] = []
+    trained = False
     for token, label in [*zip(input_ids, labels, strict=True), (None, None)]:
         is_trained = label is not None and label != IGNORE_INDEX
         if token is None or is_trained != trained:
@@ -184,7 +186,7 @@ def _padding_waste(lengths: np.ndarray, dm: SFTDataModule) -> tuple[dict[str, fl
 
 def write_clean(path: str, report: SplitCheck) -> int:
     """Write the split's rows minus duplicates and malformed rows (the source rows, unchanged)."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for part, keep in report.keep:
         selected = part.source.dataset.select(part.rows[keep]) if len(keep) else []
         rows.extend(selected)

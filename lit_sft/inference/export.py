@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import shutil
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 
@@ -26,6 +26,7 @@ log = logging.getLogger("lit_sft")
 
 LoraExport = Literal["merged", "adapter", "both"]
 ExportDType = DTypeName
+Model = TypeVar("Model", bound=torch.nn.Module)
 
 
 def _generation_config(model: Any, tokenizer: Any) -> Any:
@@ -61,7 +62,7 @@ def _finish(directory: str, model: Any, tokenizer: Any) -> None:
             json.dump(config, handle, indent=2, sort_keys=True)
 
 
-def _cast(model: torch.nn.Module, dtype: ExportDType) -> torch.nn.Module:
+def _cast(model: Model, dtype: ExportDType) -> Model:
     target = torch_dtype(dtype)
     return model if target is None else model.to(target)
 

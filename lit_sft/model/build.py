@@ -11,7 +11,7 @@ import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
@@ -138,7 +138,7 @@ def build_causal_lm(
     return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, **kwargs)
 
 
-def apply_liger_kernels(model: torch.nn.Module) -> None:
+def apply_liger_kernels(model: PreTrainedModel) -> None:
     """Swap in Liger's Triton kernels (RMSNorm, RoPE, SwiGLU) for the model's own modules.
 
     Raises:
@@ -198,7 +198,8 @@ def prepare_for_training(
             task_type="CAUSAL_LM",
             **(lora_config_kwargs or {}),
         )
-        model = get_peft_model(model, config)
+        # The peft wrapper stands in for the model: it forwards every attribute it lacks to the model inside.
+        model = cast(PreTrainedModel, get_peft_model(model, config))
     return model
 
 

@@ -90,7 +90,7 @@ def gradient_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor | None:
     """The total 2-norm of the parameters' gradients (gathered when sharded); None without gradients."""
     if not parameters:
         return None
-    norm = torch.nn.utils.get_total_norm([p.grad for p in parameters], norm_type=2.0)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None], norm_type=2.0)
     if hasattr(norm, "full_tensor"):  # sharded gradients (FSDP2)
         norm = norm.full_tensor()
     return norm

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,9 @@ from lit_sft.batch import IGNORE_INDEX, TextBatch, target_positions
 from lit_sft.errors import ConfigError
 from lit_sft.model import sequence_parallel
 from lit_sft.model.hf import HiddenStatePath, base_model, hidden_state_path
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger("lit_sft")
 
@@ -77,7 +80,7 @@ def resolve_loss_options(
     Raises:
         ConfigError: When both ``loss`` and an old flat option are set.
     """
-    old = {"implementation": implementation, "chunk_size": chunk_size}
+    old: dict[str, Any] = {"implementation": implementation, "chunk_size": chunk_size}
     old = {name: value for name, value in old.items() if value is not None}
     if old:
         renames = ", ".join(f"model.loss_{name} is now model.loss.{name}" for name in old)
@@ -187,7 +190,7 @@ class PlainLoss(TokenLoss):
     def __call__(self, batch: TextBatch, shifted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.forward(batch["input_ids"], **self.model_inputs(batch))
         if shifted:
-            return token_loss_sum(logits, batch["shift_labels"], shifted=True)  # type: ignore[typeddict-item]
+            return token_loss_sum(logits, batch["shift_labels"], shifted=True)
         if "target_index" not in batch:
             return token_loss_sum(logits, batch["labels"])
         # Positions chosen on the host: no device sync.
@@ -208,7 +211,7 @@ class _HeadOnTargets(TokenLoss):
             hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["target_index"])
             targets = batch["target_ids"]
         else:
-            labels = batch["shift_labels"] if shifted else batch["labels"]  # type: ignore[typeddict-item]
+            labels = batch["shift_labels"] if shifted else batch["labels"]
             hidden, targets = target_positions(hidden, labels, shifted=shifted)
         count = torch.as_tensor(targets.shape[0], device=targets.device)
         return self.head_loss_sum(hidden, targets), count
@@ -260,12 +263,14 @@ class SequenceParallelLoss(TokenLoss):
 
     def __call__(self, batch: TextBatch, shifted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         group = sequence_parallel.sequence_parallel_group(self.size)
-        return self.inner(sequence_parallel.shard_batch(batch, group, self.attn_implementation), shifted=True)
+        # A TextBatch but for its attention_mask, set to None (packed: no mask), which every reader allows.
+        sharded = cast(TextBatch, sequence_parallel.shard_batch(batch, group, self.attn_implementation))
+        return self.inner(sharded, shifted=True)
 
 
 def select_loss(
     options: LossOptions,
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     forward: Callable[..., torch.Tensor],
     model_inputs: ModelInputs,
     sequence_parallel_size: int = 1,

@@ -220,8 +220,9 @@ class SFTModule(TokenizerOwner, LightningModule):
             if getattr(datamodule, "packing", False):
                 check_packed_attention(model, self.attn_implementation, self.model_inputs)
             strategy = self._trainer.strategy if self._trainer is not None else None
-            if hasattr(strategy, "shard"):  # FSDP2: shard after LoRA so adapters live in their layers' units
-                strategy.shard(model)
+            shard = getattr(strategy, "shard", None)
+            if shard is not None:  # FSDP2: shard after LoRA so adapters live in their layers' units
+                shard(model)
             if self.sequence_parallel_size > 1:
                 sequence_parallel.enable(model, self.attn_implementation or "sdpa")
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -273,6 +274,7 @@ class SFTModule(TokenizerOwner, LightningModule):
     def generation_context(self) -> Any:
         """A context for generating with ``self.model`` (undoes the sequence split of training attention)."""
         if self.sequence_parallel_size > 1:
+            assert self.model is not None, "call configure_model() first (the Trainer does)"
             return sequence_parallel.plain_attention(self.model, self.attn_implementation or "sdpa")
         return contextlib.nullcontext()
 
