@@ -37,6 +37,7 @@ from lit_sft.model.guard import (
 )
 from lit_sft.model.hf import check_packed_attention
 from lit_sft.model.loss import (
+    TOKEN_METRICS,
     LossImplementation,
     LossOptions,
     TokenLoss,
@@ -44,6 +45,7 @@ from lit_sft.model.loss import (
     select_loss,
     step_normalized_loss,
 )
+from lit_sft.model.neftune import NEFTune
 from lit_sft.model.scheduler import WarmupDecayLR, takes_unset_argument
 from lit_sft.training.distributed import gradient_average_size
 
@@ -77,9 +79,13 @@ class SFTModule(TokenizerOwner, LightningModule):
         lora: LoRA options; None trains every weight.
         gradient_checkpointing: Recompute activations in the backward pass (non-reentrant).
         liger_kernels: Use Liger's Triton kernels for RMSNorm, RoPE and SwiGLU (CUDA GPU, ``liger-kernel``).
-        loss: How the token losses are computed: ``{implementation: chunked, chunk_size: 4096}`` (default);
-            ``implementation: plain`` uses the model's own logits, ``liger`` Liger's fused kernel (CUDA GPU).
-            See `LossOptions`.
+        loss: How the token losses are computed: ``{implementation: chunked, chunk_size: 4096, type: nll,
+            token_metrics: true}`` (default); ``implementation: plain`` uses the model's own logits, ``liger``
+            Liger's fused kernel (CUDA GPU); ``type: dft`` is Dynamic Fine-Tuning's loss (what other tools call
+            ``loss_type: dft``); ``token_metrics`` logs token accuracy and entropy. See `LossOptions`.
+        neftune_noise_alpha: NEFTune: add uniform noise of scale ``alpha / sqrt(length * hidden_size)`` to the
+            input embeddings in training steps only (never in validation, generation or export); drawn from
+            the global torch RNG, whose state checkpoints carry, so resumed runs stay exact. Typical: 5.
         skip_nonfinite_steps: How many optimizer steps with a non-finite loss or gradient norm to skip (their
             update is dropped, and they are counted) before the run stops with an error naming the step.
         sequence_parallel_size: Split each packed sequence across this many ranks (Ulysses all-to-all
@@ -109,6 +115,7 @@ class SFTModule(TokenizerOwner, LightningModule):
         gradient_checkpointing: bool = False,
         liger_kernels: bool = False,
         loss: LossOptions | None = None,
+        neftune_noise_alpha: float | None = None,
         skip_nonfinite_steps: int = 0,
         sequence_parallel_size: int = 1,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -127,6 +134,10 @@ class SFTModule(TokenizerOwner, LightningModule):
             raise ConfigError(
                 f"model.loss.implementation must be chunked, plain or liger; got {loss_options.implementation!r}"
             )
+        if loss_options.type not in ("nll", "dft"):
+            raise ConfigError(f"model.loss.type must be nll or dft; got {loss_options.type!r}")
+        if neftune_noise_alpha is not None and neftune_noise_alpha < 0:
+            raise ConfigError(f"model.neftune_noise_alpha must not be negative; got {neftune_noise_alpha}")
         if loss_options.chunk_size < 1 or skip_nonfinite_steps < 0:
             raise ConfigError(
                 "model.loss.chunk_size must be positive and model.skip_nonfinite_steps not negative"
@@ -153,6 +164,7 @@ class SFTModule(TokenizerOwner, LightningModule):
         self.gradient_checkpointing = gradient_checkpointing
         self.liger_kernels = liger_kernels
         self.loss_options = loss_options
+        self.neftune_noise_alpha = neftune_noise_alpha
         self.sequence_parallel_size = sequence_parallel_size
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -160,6 +172,9 @@ class SFTModule(TokenizerOwner, LightningModule):
         #: How the token losses are computed, chosen once the model is built (`configure_model`).
         self.token_loss: TokenLoss | None = None
         self.val_loss = MeanMetric()
+        #: Validation means of the per-token metrics (`lit_sft.model.loss.TOKEN_METRICS`).
+        self.val_token_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in TOKEN_METRICS})
+        self.neftune = NEFTune(neftune_noise_alpha)
         self.steps = StepAccounting(skip_nonfinite_steps)
         self._rng_to_restore: dict[str, Any] | None = None
 
@@ -207,6 +222,7 @@ class SFTModule(TokenizerOwner, LightningModule):
         with torch.inference_mode(False):
             model = self._prepare_model(self.build_model())
             self.model = model
+            self.neftune.attach(model)
             # Checks that run the model on a probe: done now, on the whole model, before any sharding.
             self.token_loss = select_loss(
                 self.loss_options,
@@ -285,9 +301,11 @@ class SFTModule(TokenizerOwner, LightningModule):
                 "step) for the per-token mean loss; build dataloaders with lit_sft.data.MicroBatchSampler and "
                 "MicroBatchDataset, as SFTDataModule does"
             )
-        loss_sum, _ = self.compute_loss_sum(batch)
+        with self.neftune.noisy():
+            loss_sum, _ = self.compute_loss_sum(batch)
+        metric_sums = self.token_loss.take_metrics() if self.token_loss is not None else None
         step_trained_tokens = int(batch["step_trained_tokens"])
-        self.steps.add_micro_batch(loss_sum, step_trained_tokens, int(batch["step_tokens"]))
+        self.steps.add_micro_batch(loss_sum, step_trained_tokens, int(batch["step_tokens"]), metric_sums)
         return step_normalized_loss(
             loss_sum,
             step_trained_tokens,
@@ -307,6 +325,10 @@ class SFTModule(TokenizerOwner, LightningModule):
         if step_loss is not None:
             # Each rank holds its micro-batches' share of the step mean; their sum is the step mean.
             self.log("train/loss", step_loss, on_step=True, prog_bar=True, sync_dist=True, reduce_fx="sum")
+        step_metrics = self.steps.take_metrics()
+        if step_metrics is not None:  # shares of the step's per-token means, like the loss
+            for name, value in zip(TOKEN_METRICS, step_metrics, strict=True):
+                self.log(f"train/{name}", value, on_step=True, sync_dist=True, reduce_fx="sum")
         self.steps.finish_step()
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True)
         self.log("train/trained_tokens_seen", float(self.steps.totals["trained_tokens"]), on_step=True)
@@ -319,12 +341,21 @@ class SFTModule(TokenizerOwner, LightningModule):
         # the former cannot be updated in the latter, so every validation starts from fresh states.
         with torch.inference_mode(False):
             self.val_loss.reset()
+            for metric in self.val_token_metrics.values():
+                metric.reset()
 
     def validation_step(self, batch: TextBatch, batch_idx: int) -> None:
-        """Accumulate the validation loss as a per-token mean over the whole validation set."""
+        """Accumulate the validation loss (and token metrics) as per-token means over the whole validation set."""
         loss_sum, num_targets = self.compute_loss_sum(batch)
-        self.val_loss.update(loss_sum / torch.clamp(num_targets, min=1), weight=num_targets)
+        denominator = torch.clamp(num_targets, min=1)
+        self.val_loss.update(loss_sum / denominator, weight=num_targets)
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
+        metric_sums = self.token_loss.take_metrics() if self.token_loss is not None else None
+        if metric_sums is not None:
+            for name, value in zip(TOKEN_METRICS, metric_sums, strict=True):
+                metric = self.val_token_metrics[name]
+                metric.update(value / denominator, weight=num_targets)
+                self.log(f"val/{name}", metric, on_step=False, on_epoch=True, batch_size=1)
 
     # ---------------------------------------------------------------------------------- optimizers
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
