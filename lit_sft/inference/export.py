@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from typing import Any, Literal
 
 import torch
@@ -64,6 +65,28 @@ def _finish(directory: str, model: Any, tokenizer: Any) -> None:
 def _cast(model: torch.nn.Module, dtype: ExportDType) -> torch.nn.Module:
     target = torch_dtype(dtype)
     return model if target is None else model.to(target)
+
+
+def _save_converted_adapter(adapter: Any, initial: dict[str, torch.Tensor], directory: str) -> None:
+    """Save an adapter whose initialisation moved part of the base into it (PiSSA, OLoRA) as the plain LoRA
+    ``trained - initial`` for the unmodified base (peft's ``path_initial_model_for_weight_conversion``)."""
+    from safetensors.torch import save_file
+
+    if any(config.use_dora for config in adapter.peft_config.values()):
+        raise ConfigError(
+            "a DoRA adapter initialised with pissa/olora cannot be exported as an adapter for the original "
+            "base; export it merged (lora: merged)"
+        )
+    with tempfile.TemporaryDirectory() as scratch:
+        initial_dir = os.path.join(scratch, "initial")
+        os.makedirs(initial_dir)
+        save_file(
+            {name: tensor.cpu().contiguous() for name, tensor in initial.items()},
+            os.path.join(initial_dir, "adapter_model.safetensors"),
+        )
+        adapter.save_pretrained(
+            directory, safe_serialization=True, path_initial_model_for_weight_conversion=initial_dir
+        )
 
 
 def export_hf(
@@ -119,7 +142,12 @@ def export_hf(
                 base_path = os.path.join(os.path.abspath(final_dir), "base")
             for config in adapter.peft_config.values():
                 config.base_model_name_or_path = base_path
-            adapter.save_pretrained(adapter_dir, safe_serialization=True)
+            initial = getattr(adapter, "lit_sft_initial_adapter", None)
+            if initial is not None and base_model_name_or_path is not None:
+                # PiSSA / OLoRA trained on a residual base: as a LoRA on the original base (rank 2r).
+                _save_converted_adapter(adapter, initial, adapter_dir)
+            else:
+                adapter.save_pretrained(adapter_dir, safe_serialization=True)
             _finish(adapter_dir, adapter.get_base_model(), tokenizer)
             if lora == "both":
                 written.append(final_dir)
