@@ -2,7 +2,7 @@
 
 ``export_hf`` writes ``save_pretrained`` weights, the tokenizer (with its chat template) and a generation
 config whose stop tokens are the template's end-of-turn tokens. LoRA is exported merged into the base
-weights (a plain model), as a peft adapter (``adapter_config.json`` with the trained ``lora_alpha``), or
+weights (a plain model; a QLoRA run's 4-bit base is de-quantized first), as a peft adapter (``adapter_config.json`` with the trained ``lora_alpha``), or
 both. ``export_checkpoint`` converts a Lightning checkpoint (the ``lit-sft export`` command,
 `lit_sft.commands.export`).
 """
@@ -22,6 +22,7 @@ import torch
 from lit_sft.errors import ConfigError
 from lit_sft.hub import DTypeName, torch_dtype
 from lit_sft.inference.generation import stop_token_ids
+from lit_sft.model.quantization import dequantized_merge, is_quantized
 
 log = logging.getLogger("lit_sft")
 
@@ -127,13 +128,19 @@ def export_hf(
         _finish(temporary, exported, tokenizer)
     else:
         if lora in ("merged", "both"):
-            merged = _cast(copy.deepcopy(model).cpu().merge_and_unload(), dtype)
+            if is_quantized(model):  # QLoRA: into the de-quantized base, never into 4-bit layers
+                merged = dequantized_merge(model, dtype)
+            else:
+                merged = _cast(copy.deepcopy(model).cpu().merge_and_unload(), dtype)
             merged.save_pretrained(temporary, safe_serialization=True)
             _finish(temporary, merged, tokenizer)
         if lora in ("adapter", "both"):
             final_dir = out if lora == "adapter" else os.path.join(out, "adapter")
             adapter_dir = temporary if lora == "adapter" else os.path.join(temporary, "adapter")
-            adapter = _cast(copy.deepcopy(model).cpu(), dtype)
+            # A 4-bit base cannot be cast; the adapter of a QLoRA run applies to its (unquantized) base path.
+            adapter = (
+                copy.deepcopy(model) if is_quantized(model) else _cast(copy.deepcopy(model).cpu(), dtype)
+            )
             base_path = base_model_name_or_path
             if base_path is None:  # no base to point at: ship the (randomly initialised) base weights
                 base = copy.deepcopy(adapter).unload()

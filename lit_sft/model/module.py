@@ -46,6 +46,13 @@ from lit_sft.model.loss import (
     step_normalized_loss,
 )
 from lit_sft.model.neftune import NEFTune
+from lit_sft.model.quantization import (
+    QuantizationOptions,
+    bitsandbytes_config,
+    check_options,
+    drop_quantized_base,
+    prepare_quantized,
+)
 from lit_sft.model.scheduler import WarmupDecayLR, takes_unset_argument
 from lit_sft.training.distributed import gradient_average_size
 
@@ -77,6 +84,10 @@ class SFTModule(TokenizerOwner, LightningModule):
         model_kwargs: Further keyword arguments for ``from_pretrained`` / ``from_config``.
         dropout: Set every dropout probability of the model config (attention, hidden, residual...) to this.
         lora: LoRA options; None trains every weight.
+        quantization: QLoRA: load the base model in 4 bits with bitsandbytes (``{load_in_4bit: true,
+            bnb_4bit_quant_type: nf4, bnb_4bit_compute_dtype: bfloat16, double_quant: true}``; needs ``lora``,
+            ``model_name_or_path`` and ``pip install -e '.[qlora]'``; a CUDA GPU, or a CPU with bitsandbytes'
+            CPU backend). Exports merge into the de-quantized base. See `QuantizationOptions`.
         gradient_checkpointing: Recompute activations in the backward pass (non-reentrant).
         liger_kernels: Use Liger's Triton kernels for RMSNorm, RoPE and SwiGLU (CUDA GPU, ``liger-kernel``).
         loss: How the token losses are computed: ``{implementation: chunked, chunk_size: 4096, type: nll,
@@ -112,6 +123,7 @@ class SFTModule(TokenizerOwner, LightningModule):
         model_kwargs: dict[str, Any] | None = None,
         dropout: float | None = None,
         lora: LoraOptions | None = None,
+        quantization: QuantizationOptions | None = None,
         gradient_checkpointing: bool = False,
         liger_kernels: bool = False,
         loss: LossOptions | None = None,
@@ -145,11 +157,28 @@ class SFTModule(TokenizerOwner, LightningModule):
         if sequence_parallel_size < 1:
             raise ConfigError("model.sequence_parallel_size must be at least 1")
         self.save_hyperparameters(
-            ignore=["optimizer", "lr_scheduler", "lora", "loss", "loss_implementation", "loss_chunk_size"]
+            ignore=[
+                "optimizer",
+                "lr_scheduler",
+                "lora",
+                "quantization",
+                "loss",
+                "loss_implementation",
+                "loss_chunk_size",
+            ]
         )
         lora = LoraOptions(**lora) if isinstance(lora, dict) else lora
         # Plain dicts in the checkpoint: Lightning loads checkpoints with ``weights_only``, which refuses classes.
         self.hparams["lora"] = asdict(lora) if lora is not None else None
+        if isinstance(quantization, dict):
+            quantization = QuantizationOptions(**quantization)
+        if quantization is not None:
+            check_options(quantization, lora is not None, model_name_or_path is not None)
+        self.hparams["quantization"] = asdict(quantization) if quantization is not None else None
+        self.quantization = quantization
+        if quantization is not None:
+            # Checkpoints leave out the 4-bit base (`on_load_checkpoint`), which loading quantizes again.
+            self.strict_loading = False
         self.hparams["loss"] = asdict(loss_options)
         self.model_name_or_path = model_name_or_path
         self.model_config = dict(model_config) if model_config else None
@@ -190,9 +219,12 @@ class SFTModule(TokenizerOwner, LightningModule):
 
     # ----------------------------------------------------------------------------------------- model
     def _load_kwargs(self) -> dict[str, Any]:
-        return load_kwargs(
+        kwargs = load_kwargs(
             self.dtype_name, self.attn_implementation, self.trust_remote_code, self.model_kwargs
         )
+        if self.quantization is not None:
+            kwargs["quantization_config"] = bitsandbytes_config(self.quantization)
+        return kwargs
 
     def build_model(self) -> PreTrainedModel:
         """Load or randomly initialise the Hugging Face model (before LoRA and checkpointing are applied)."""
@@ -209,6 +241,8 @@ class SFTModule(TokenizerOwner, LightningModule):
         return {}
 
     def _prepare_model(self, model: PreTrainedModel) -> PreTrainedModel:
+        if self.quantization is not None:
+            model = prepare_quantized(model)
         return prepare_for_training(
             model, self.liger_kernels, self.gradient_checkpointing, self.lora, self._lora_config_kwargs()
         )
@@ -383,8 +417,14 @@ class SFTModule(TokenizerOwner, LightningModule):
             "lora": asdict(self.lora) if self.lora else None,
             "rng": all_rank_rng_states(self._trainer),
         }
+        if self.quantization is not None:  # the 4-bit base comes from the pretrained weights again
+            checkpoint["state_dict"] = drop_quantized_base(checkpoint.get("state_dict", {}))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.quantization is not None:
+            # The 4-bit base is quantized again from the pretrained weights when the model is built; its packed
+            # weights and quantization states in the checkpoint are not parameters load_state_dict can take.
+            checkpoint["state_dict"] = drop_quantized_base(checkpoint.get("state_dict", {}))
         state = checkpoint.get("lit_sft", {})
         self.steps.totals.update(state.get("totals", {}))
         self.steps.skipped_steps = int(state.get("skipped_steps", 0))

@@ -104,6 +104,10 @@ def preflight(trainer: Any, model: Any, datamodule: Any) -> None:
         problems.append("model.liger_kernels needs a CUDA GPU")
     if getattr(getattr(model, "loss_options", None), "implementation", None) == "liger" and not on_gpu:
         problems.append("model.loss.implementation=liger needs a CUDA GPU; use chunked")
+    if getattr(model, "quantization", None) is not None:
+        from lit_sft.model.quantization import quantization_problems
+
+        problems += quantization_problems(on_gpu)
     if getattr(datamodule, "packing", False) and attention not in PACKING_ATTENTION:
         problems.append(
             f"data.packing with model.attn_implementation={attention!r}: only {sorted(PACKING_ATTENTION)} are known "
