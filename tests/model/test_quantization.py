@@ -3,7 +3,9 @@ bitsandbytes' CPU backend) a 4-bit run trains and exports merged into the de-qua
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import sys
 import types
 from functools import partial
@@ -15,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from lit_sft import SFTModule
 from lit_sft.callbacks import HFExport
 from lit_sft.errors import ConfigError
-from lit_sft.model import LoraOptions
+from lit_sft.model import LoraOptions, LossOptions
 from lit_sft.model.build import load_module
 from lit_sft.model.quantization import QuantizationOptions, drop_quantized_base, quantization_problems
 from lit_sft.training.preflight import preflight
@@ -156,3 +158,28 @@ def test_a_4_bit_run_trains_on_cpu_and_exports_merged_into_the_dequantized_base(
     loaded.model.train()
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(input_ids=INPUT).logits, trained)
+
+
+def test_the_qlora_overlay_composes_with_a_lora_recipe_and_is_in_help(capsys) -> None:
+    from lit_sft.commands.fit import main
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+    cli = main(
+        [
+            "--config", os.path.join(root, "qwen2.5-0.5b", "gsm8k_lora.yaml"),
+            "--config", os.path.join(root, "options", "qlora.yaml"),
+            "--trainer.accelerator", "cpu",
+        ],
+        run=False,
+    )  # fmt: skip
+    assert cli.model.quantization == QuantizationOptions()
+    assert cli.model.lora.r == 16
+    with pytest.raises(SystemExit):
+        main(["--model.help", "lit_sft.SFTModule"], run=False)
+    help_text = capsys.readouterr().out
+    for option in ("--model.quantization", "--model.neftune_noise_alpha", "--model.loss", "--model.lora"):
+        assert option in help_text, option
+    # Each group's fields are documented in its docstring, which jsonargparse shows (--model.lora.help ...).
+    for options in (LoraOptions, QuantizationOptions, LossOptions):
+        for field in dataclasses.fields(options):
+            assert f"{field.name}:" in options.__doc__, f"{options.__name__}.{field.name}"
