@@ -183,3 +183,25 @@ def test_the_qlora_overlay_composes_with_a_lora_recipe_and_is_in_help(capsys) ->
     for options in (LoraOptions, QuantizationOptions, LossOptions):
         for field in dataclasses.fields(options):
             assert f"{field.name}:" in options.__doc__, f"{options.__name__}.{field.name}"
+
+
+def test_the_start_up_check_refuses_qlora_with_fsdp(tmp_path, monkeypatch) -> None:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    monkeypatch.setattr("lit_sft.model.quantization.quantization_problems", lambda on_gpu: [])
+    module = SFTModule(
+        model_name_or_path="some/model", lora=LoraOptions(r=4), quantization=QuantizationOptions()
+    )
+    trainer = types.SimpleNamespace(
+        default_root_dir=str(tmp_path),
+        loggers=[],
+        callbacks=[],
+        accelerator=None,
+        strategy=FSDPStrategy.__new__(FSDPStrategy),
+        world_size=1,
+        limit_val_batches=0,
+    )
+    with pytest.raises(
+        ConfigError, match=r"model\.quantization \(4-bit QLoRA\) runs on one device or with DDP"
+    ):
+        preflight(trainer, module, types.SimpleNamespace())
