@@ -144,3 +144,21 @@ def test_each_lora_variant_exports_merged_and_as_an_adapter_that_give_the_traine
             n.split(".layers.")[1].split(".")[0] for n, _ in module.model.named_parameters() if "lora_" in n
         }
         assert adapted_layers == {"1"}
+
+
+def test_a_pissa_checkpoint_exports_an_adapter_for_the_original_base(tmp_path, tiny_model_dir) -> None:
+    """From a checkpoint, the initial PiSSA adapter is rebuilt from the pretrained base to convert the export."""
+    module, trainer = train(
+        tmp_path,
+        model_config=None,
+        model_name_or_path=tiny_model_dir,
+        tokenizer_name_or_path=tiny_model_dir,
+        lora=LoraOptions(r=4, alpha=8, init_lora_weights="pissa"),
+    )
+    checkpoint = str(tmp_path / "pissa.ckpt")
+    trainer.save_checkpoint(checkpoint)
+    entry_point(["export", "--ckpt", checkpoint, "--out", str(tmp_path / "adapter"), "--lora", "adapter"])
+    adapted = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "adapter"
+    )
+    torch.testing.assert_close(adapted(INPUT).logits, logits_of(module), rtol=1e-4, atol=1e-4)

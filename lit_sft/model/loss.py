@@ -75,8 +75,8 @@ class LossOptions:
         type: The token loss: ``nll`` (default), the negative log-likelihood; ``dft``, Dynamic Fine-Tuning: each
             token's negative log-likelihood times its probability, detached (``-sg(p) log p``). The same
             per-step token-mean normalisation applies to both. ``dft`` works with ``chunked`` and ``plain``, not
-            ``liger`` (its fused kernel returns no per-token probabilities). (The issue's ``model.loss_type``
-            is this option: ``model.loss.type``.)
+            ``liger`` (its fused kernel returns no per-token probabilities). What other tools call
+            ``loss_type: dft`` is ``model.loss: {type: dft}`` here.
         token_metrics: Also log ``train/token_accuracy``, ``train/entropy``, ``val/token_accuracy`` and
             ``val/entropy``: the share of targets that are the argmax prediction and the mean entropy (nats) of
             the predicted distribution at target positions, exact per-token means over the optimizer step /

@@ -31,7 +31,7 @@ class NEFTune:
     Args:
         noise_alpha: The noise scale ``alpha``: each embedding value gets ``U(-m, m)`` noise with
             ``m = alpha / sqrt(length * hidden_size)``, ``length`` the micro-batch's row length (padded or
-            packed, as in transformers). None or 0: no noise.
+            packed, as in transformers; a rank's slice with sequence parallelism). None or 0: no noise.
     """
 
     def __init__(self, noise_alpha: float | None) -> None:
