@@ -173,12 +173,6 @@ def token_terms(
     return loss_sum, torch.stack([correct, entropy])
 
 
-def _chunk_loss(
-    hidden: torch.Tensor, targets: torch.Tensor, logits_fn: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
-    return F.cross_entropy(logits_fn(hidden).float(), targets, reduction="sum")
-
-
 def _chunk_terms(
     hidden: torch.Tensor,
     targets: torch.Tensor,
@@ -190,37 +184,6 @@ def _chunk_terms(
     return loss_sum, sums if sums is not None else loss_sum.new_zeros(len(TOKEN_METRICS))
 
 
-def chunked_cross_entropy_sum(
-    hidden: torch.Tensor,
-    targets: torch.Tensor,
-    logits_fn: Callable[[torch.Tensor], torch.Tensor],
-    chunk_size: int = 4096,
-) -> torch.Tensor:
-    """Sum of cross-entropies of ``logits_fn(hidden)`` against ``targets``, never holding more than
-    ``chunk_size`` rows of vocabulary-sized logits: each chunk's logits are recomputed in the backward
-    pass instead of being kept (activation checkpointing per chunk).
-
-    Args:
-        hidden: ``(N, hidden)`` hidden states of target positions.
-        targets: ``(N,)`` target ids.
-        logits_fn: The LM head (and any logit post-processing).
-        chunk_size: Rows per chunk.
-    """
-    if hidden.shape[0] == 0:
-        # A micro-batch with no target (the padding micro-batch a short rank gets) must still put every
-        # parameter in the graph: an untied LM head without a gradient on one rank hangs DDP's all-reduce
-        # and breaks FSDP's reduce-scatter. The head on zero rows costs nothing.
-        return logits_fn(hidden).float().sum() * 0.0
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk_size):
-        chunk, chunk_targets = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-        if torch.is_grad_enabled() and chunk.requires_grad:
-            total = total + checkpoint(_chunk_loss, chunk, chunk_targets, logits_fn, use_reentrant=False)
-        else:
-            total = total + _chunk_loss(chunk, chunk_targets, logits_fn)
-    return total
-
-
 def chunked_token_terms(
     hidden: torch.Tensor,
     targets: torch.Tensor,
@@ -229,10 +192,22 @@ def chunked_token_terms(
     loss_type: LossType = "nll",
     metrics: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`token_terms` of ``logits_fn(hidden)``, ``chunk_size`` rows at a time, each chunk's logits recomputed in
-    the backward pass (as `chunked_cross_entropy_sum`); the metric sums come from the same chunk's logits, so
-    they never need the batch's full-vocabulary logits either."""
-    if hidden.shape[0] == 0:  # still put the head in the graph (see chunked_cross_entropy_sum)
+    """`token_terms` of ``logits_fn(hidden)``, never holding more than ``chunk_size`` rows of vocabulary-sized
+    logits: each chunk's logits are recomputed in the backward pass instead of being kept (activation
+    checkpointing per chunk). The metric sums come from the same chunk's logits.
+
+    Args:
+        hidden: ``(N, hidden)`` hidden states of target positions.
+        targets: ``(N,)`` target ids.
+        logits_fn: The LM head (and any logit post-processing).
+        chunk_size: Rows per chunk.
+        loss_type: ``nll`` or ``dft``.
+        metrics: Also return the metric sums (as `token_terms`).
+    """
+    if hidden.shape[0] == 0:
+        # A micro-batch with no target (the padding micro-batch a short rank gets) must still put every
+        # parameter in the graph: an untied LM head without a gradient on one rank hangs DDP's all-reduce
+        # and breaks FSDP's reduce-scatter. The head on zero rows costs nothing.
         zero = logits_fn(hidden).float().sum() * 0.0
         return zero, (zero.detach().new_zeros(len(TOKEN_METRICS)) if metrics else None)
     total = hidden.new_zeros((), dtype=torch.float32)
@@ -249,6 +224,16 @@ def chunked_token_terms(
         total = total + chunk_loss
         sums = sums + chunk_sums.detach()
     return total, (sums if metrics else None)
+
+
+def chunked_cross_entropy_sum(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    chunk_size: int = 4096,
+) -> torch.Tensor:
+    """The summed cross-entropy of `chunked_token_terms` (no metrics)."""
+    return chunked_token_terms(hidden, targets, logits_fn, chunk_size, "nll", metrics=False)[0]
 
 
 class TokenLoss:

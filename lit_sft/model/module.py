@@ -170,15 +170,13 @@ class SFTModule(TokenizerOwner, LightningModule):
         lora = LoraOptions(**lora) if isinstance(lora, dict) else lora
         # Plain dicts in the checkpoint: Lightning loads checkpoints with ``weights_only``, which refuses classes.
         self.hparams["lora"] = asdict(lora) if lora is not None else None
-        if isinstance(quantization, dict):
-            quantization = QuantizationOptions(**quantization)
+        quantization = QuantizationOptions(**quantization) if isinstance(quantization, dict) else quantization
         if quantization is not None:
             check_options(quantization, lora is not None, model_name_or_path is not None)
-        self.hparams["quantization"] = asdict(quantization) if quantization is not None else None
-        self.quantization = quantization
-        if quantization is not None:
             # Checkpoints leave out the 4-bit base (`on_load_checkpoint`), which loading quantizes again.
             self.strict_loading = False
+        self.hparams["quantization"] = asdict(quantization) if quantization is not None else None
+        self.quantization = quantization
         self.hparams["loss"] = asdict(loss_options)
         self.model_name_or_path = model_name_or_path
         self.model_config = dict(model_config) if model_config else None

@@ -177,3 +177,18 @@ def test_validation_metrics_are_per_token_means_over_the_whole_set(tmp_path) -> 
         hits, entropy, targets = hits + batch_hits, entropy + batch_entropy, targets + int(mask.sum())
     assert metrics["val/token_accuracy"] == pytest.approx(hits / targets, rel=1e-5)
     assert metrics["val/entropy"] == pytest.approx(entropy / targets, rel=1e-5)
+
+
+def test_the_metrics_come_from_the_loss_chunks_without_another_pass() -> None:
+    """The head runs once per chunk of at most chunk_size rows in the forward: no full-vocabulary logits for the
+    batch and no second pass for the metrics."""
+    head = torch.nn.Linear(8, 11, bias=False)
+    rows_seen: list[int] = []
+
+    def logits_fn(hidden: torch.Tensor) -> torch.Tensor:
+        rows_seen.append(hidden.shape[0])
+        return head(hidden)
+
+    hidden = torch.randn(10, 8, requires_grad=True)
+    _, sums = chunked_token_terms(hidden, torch.randint(0, 11, (10,)), logits_fn, chunk_size=3)
+    assert sums is not None and rows_seen == [3, 3, 3, 1]
