@@ -145,7 +145,8 @@ def prepare_quantized(model: Any) -> Any:
 
 def dequantized_merge(model: Any, dtype: DTypeName = "auto") -> Any:
     """A plain transformers model: the de-quantized 4-bit base weights (what training computed with) with the
-    peft adapters merged in, in ``dtype`` (``auto``: the dtype of its unquantized weights, as for other exports). ``model`` is left untouched.
+    peft adapters merged in, in ``dtype`` (``auto``: the dtype of its unquantized weights, as for other
+    exports). ``model`` is left untouched.
 
     The adapters move onto a fresh LoRA model around the de-quantized base, since merging into a 4-bit layer
     would quantize the sum again.
