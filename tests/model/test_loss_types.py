@@ -196,7 +196,9 @@ def test_the_metrics_come_from_the_loss_chunks_without_another_pass() -> None:
 
 def test_token_metrics_off_logs_none(tmp_path) -> None:
     module = tiny_module(token_metrics=False)
-    dm = arithmetic_data(write_jsonl(str(tmp_path / "t.jsonl"), arithmetic_rows(8)), batch_size=4, val_ratio=0.5)
+    dm = arithmetic_data(
+        write_jsonl(str(tmp_path / "t.jsonl"), arithmetic_rows(8)), batch_size=4, val_ratio=0.5
+    )
     trainer = quiet_trainer(max_steps=1, limit_val_batches=None)
     trainer.fit(module, datamodule=dm)
     assert "train/loss" in trainer.callback_metrics and "val/loss" in trainer.callback_metrics
