@@ -31,6 +31,8 @@ class TextBatch(TypedDict, total=False):
             denominator of the per-token mean loss. A plain int.
         step_tokens: All tokens of the optimizer step (for logging). A plain int.
         row_lengths: Lengths of the packed rows, in order (packed batches that need per-row work).
+        shift_labels: ``labels`` shifted left by one over the whole sequence, before a sequence-parallel
+            split (`lit_sft.model.sequence_parallel.shard_batch`; such batches only).
     """
 
     input_ids: torch.Tensor
@@ -42,6 +44,7 @@ class TextBatch(TypedDict, total=False):
     step_trained_tokens: int
     step_tokens: int
     row_lengths: list[int]
+    shift_labels: torch.Tensor
 
 
 class VisionBatch(TextBatch, total=False):

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from lit_sft.errors import ConfigError
 
 
-def is_gguf(name_or_path: str | None) -> bool:
+def is_gguf(name_or_path: str | None) -> TypeGuard[str]:
     """Whether ``name_or_path`` names a GGUF file."""
     return bool(name_or_path) and str(name_or_path).lower().endswith(".gguf")
 
@@ -68,7 +68,7 @@ def load_gguf_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
         raise ConfigError(f"cannot load a tokenizer from {path!r}: {error}") from None
 
 
-def load_gguf_model(path: str, configure: Callable[[Any], None] | None = None, **kwargs: Any) -> Any:
+def load_gguf_model(path: str, configure: Callable[[Any], Any] | None = None, **kwargs: Any) -> Any:
     """A causal LM from a GGUF file, dequantized (to ``kwargs["dtype"]``, float32 by default).
 
     Args:

@@ -119,6 +119,7 @@ def load_tokenizer(
         ConfigError: When the tokenizer cannot be loaded, is not a fast tokenizer, or has no chat
             template.
     """
+    tokenizer: PreTrainedTokenizerBase
     if name_or_path.startswith(BUILTIN_PREFIX):
         name = name_or_path[len(BUILTIN_PREFIX) :]
         if name not in BUILTIN_TOKENIZERS:

@@ -43,13 +43,21 @@ class StopAt(Callback):
             trainer.should_stop = True
 
 
-def run(tmp_path, data_kwargs: dict, ckpt_path: str | None = None, stop_at: int | None = None, lora=None):
+def run(
+    tmp_path,
+    data_kwargs: dict,
+    ckpt_path: str | None = None,
+    stop_at: int | None = None,
+    lora=None,
+    **module_kwargs,
+):
     seed_everything(0)
     module = SFTModule(
         model_config=tiny_model_config(attention_dropout=0.1),  # dropout: the RNG state must resume too
         tokenizer_name_or_path="builtin:byte-chatml",
         optimizer=partial(torch.optim.AdamW, lr=3e-3),
         lora=lora,
+        **module_kwargs,
     )
     data = arithmetic_data(str(tmp_path / "train.jsonl"), **data_kwargs)
     record = Record()
@@ -103,6 +111,24 @@ def test_lora_run_resumes_exactly(tmp_path) -> None:
     run(tmp_path, data_kwargs, stop_at=10, lora=lora)
     resumed, resumed_module = run(
         tmp_path, data_kwargs, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"), lora=lora
+    )
+    assert {step: full.losses[step] for step in resumed.losses} == resumed.losses
+    for (name, parameter), (_, other) in zip(
+        full_module.named_parameters(), resumed_module.named_parameters(), strict=True
+    ):
+        assert torch.equal(parameter, other), name
+
+
+def test_a_neftune_run_resumes_exactly(tmp_path) -> None:
+    """NEFTune's noise comes from the checkpointed RNG: the resumed run draws the uninterrupted run's noise."""
+    write_jsonl(str(tmp_path / "train.jsonl"), arithmetic_rows(64))
+    data_kwargs = {"batch_size": 4}
+    full, full_module = run(tmp_path, data_kwargs, neftune_noise_alpha=5.0)
+    noiseless, _ = run(tmp_path, data_kwargs)
+    assert noiseless.losses[TOTAL_STEPS] != full.losses[TOTAL_STEPS]  # the noise does change training
+    run(tmp_path, data_kwargs, stop_at=10, neftune_noise_alpha=5.0)
+    resumed, resumed_module = run(
+        tmp_path, data_kwargs, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"), neftune_noise_alpha=5.0
     )
     assert {step: full.losses[step] for step in resumed.losses} == resumed.losses
     for (name, parameter), (_, other) in zip(

@@ -99,7 +99,8 @@ class GSM8KEvaluation(Callback):
                 "GSM8KEvaluation needs data_files (the data module has no val_files to default to)"
             )
         self.eval_set = load_eval_set(
-            pl_module.tokenizer,
+            # An SFTModule attribute; nn.Module.__getattr__ types an unknown attribute as Tensor | Module.
+            pl_module.tokenizer,  # type: ignore[arg-type]
             files,
             prompt_key=self.prompt_key or (options.prompt_key if options else "question"),
             answer_key=self.answer_key or (options.response_key if options else "answer"),
@@ -126,7 +127,7 @@ class GSM8KEvaluation(Callback):
         with torch.no_grad(), trainer.strategy.precision_plugin.forward_context(), generation_context():
             records = evaluate_items(
                 pl_module.model,
-                pl_module.tokenizer,
+                pl_module.tokenizer,  # type: ignore[arg-type]  # an SFTModule attribute (see setup)
                 self.eval_set,
                 indices,
                 batch_size=self.batch_size,

@@ -52,7 +52,8 @@ class HFExport(Callback):
             state = gather_full_state_dict(trainer)
             if trainer.global_rank != 0:
                 return
-            model = pl_module.build_unsharded(state)
+            # An SFTModule method; nn.Module.__getattr__ types an unknown attribute as Tensor | Module.
+            model = pl_module.build_unsharded(state)  # type: ignore[operator]
         if trainer.global_rank != 0:
             return
         directory = os.path.join(self.dirpath or os.path.join(trainer.default_root_dir, "hf"), name)

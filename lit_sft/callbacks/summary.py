@@ -15,8 +15,13 @@ from typing_extensions import override
 log = logging.getLogger("lit_sft")
 
 
+#: Training metrics the summary shows first and last values of (logged every optimizer step).
+TRAIN_METRICS = ("train/loss", "train/token_accuracy", "train/entropy")
+
+
 class RunSummary(Callback):
-    """Records every validation metric (``val/*``) and prints a summary when ``fit`` or ``validate`` ends.
+    """Records every validation metric (``val/*``) and the training loss, token accuracy and entropy, and
+    prints a summary when ``fit`` or ``validate`` ends.
 
     When the sanity check covers the whole validation set (``trainer.num_sanity_val_steps: -1``), its loss
     is the loss before any training: it is recorded as step 0 and written to the loggers, so the first
@@ -26,7 +31,8 @@ class RunSummary(Callback):
 
     def __init__(self) -> None:
         self.history: dict[str, list[tuple[int, float]]] = {}
-        self.train_losses: list[tuple[int, float]] = []
+        #: ``(step, value)`` of every optimizer step, per name of `TRAIN_METRICS` logged.
+        self.train_history: dict[str, list[tuple[int, float]]] = {}
         self._recorded: dict[str, Any] = {}
         self._start = time.monotonic()
 
@@ -57,9 +63,16 @@ class RunSummary(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        value = trainer.callback_metrics.get("train/loss")
-        if value is not None and (not self.train_losses or self.train_losses[-1][0] != trainer.global_step):
-            self.train_losses.append((trainer.global_step, float(value)))
+        for name in TRAIN_METRICS:
+            value = trainer.callback_metrics.get(name)
+            points = self.train_history.setdefault(name, []) if value is not None else []
+            if value is not None and (not points or points[-1][0] != trainer.global_step):
+                points.append((trainer.global_step, float(value)))
+
+    @property
+    def train_losses(self) -> list[tuple[int, float]]:
+        """``(step, train/loss)`` of every optimizer step."""
+        return self.train_history.get("train/loss", [])
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -91,16 +104,24 @@ class RunSummary(Callback):
         batches = trainer.num_training_batches
         if trainer.state.fn == TrainerFn.FITTING and batches and not math.isinf(batches):
             lines[0] += f", epochs: {trainer.global_step * trainer.accumulate_grad_batches / batches:.2f}"
-        if self.train_losses:
-            (first_step, first), (last_step, last) = self.train_losses[0], self.train_losses[-1]
-            lines.append(f"train/loss: {first:.4f} (step {first_step}) -> {last:.4f} (step {last_step})")
+        for name in TRAIN_METRICS:
+            points = self.train_history.get(name)
+            if points:
+                (first_step, first), (last_step, last) = points[0], points[-1]
+                lines.append(
+                    f"{name}: {self._format(name, first)} (step {first_step}) -> {self._format(name, last)} "
+                    f"(step {last_step})"
+                )
         for name, points in sorted(self.history.items()):
             (first_step, first), (last_step, last) = points[0], points[-1]
-            best_step, best = (min if "loss" in name else max)(points, key=lambda item: item[1])
-            lines.append(
+            line = (
                 f"{name}: first {self._format(name, first)} (step {first_step}) -> last "
-                f"{self._format(name, last)} (step {last_step}); best {self._format(name, best)} (step {best_step})"
+                f"{self._format(name, last)} (step {last_step})"
             )
+            if "entropy" not in name:  # neither a lower nor a higher entropy is "best"
+                best_step, best = (min if "loss" in name else max)(points, key=lambda item: item[1])
+                line += f"; best {self._format(name, best)} (step {best_step})"
+            lines.append(line)
         tokens = trainer.callback_metrics.get("train/tokens_seen")
         trained = trainer.callback_metrics.get("train/trained_tokens_seen")
         if tokens is not None and trained is not None:
@@ -125,10 +146,15 @@ class RunSummary(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "train_losses": self.train_losses}
+        return {"history": self.history, "train_history": self.train_history}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         history = state_dict.get("history", {})
         self.history = {name: [tuple(point) for point in points] for name, points in history.items()}
-        self.train_losses = [tuple(item) for item in state_dict.get("train_losses", [])]
+        train_history = state_dict.get("train_history", {})
+        if "train_losses" in state_dict:  # checkpoints from before the token metrics
+            train_history = {"train/loss": state_dict["train_losses"], **train_history}
+        self.train_history = {
+            name: [tuple(point) for point in points] for name, points in train_history.items()
+        }

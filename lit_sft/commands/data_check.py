@@ -95,7 +95,9 @@ class SplitCheck:
 
 def mark_trained(tokenizer: Any, input_ids: list[int], labels: list[int]) -> str:
     """Decode a row with every run of trained tokens wrapped in ``[[`` and ``]]``."""
-    pieces, run, trained = [], [], False
+    pieces: list[str] = []
+    run: list[int] = []
+    trained = False
     for token, label in [*zip(input_ids, labels, strict=True), (None, None)]:
         is_trained = label is not None and label != IGNORE_INDEX
         if token is None or is_trained != trained:
@@ -141,7 +143,7 @@ def check_split(
             )
             if len(report.template_loss_examples) < max_examples:
                 report.template_loss_examples.append(
-                    f"{part.source.name}, row {part.file_row(position)}: the template does not render "
+                    f"{part.source.name}, row {part.file_row(int(position))}: the template does not render "
                     + ", ".join(f"'{name}'" for name in fields)
                 )
         keep = []
@@ -175,7 +177,7 @@ def check_split(
             if "####" in response:
                 gsm8k_hits += 1
             if extract_strict(response) is None:
-                unextractable.append(f"{part.source.name}, row {part.file_row(position)}")
+                unextractable.append(f"{part.source.name}, row {part.file_row(int(position))}")
             if not report.example and row["num_trained"]:
                 report.example = mark_trained(tokenizer, row["input_ids"], row["labels"])
         report.keep.append((part, np.asarray(keep, dtype=np.int64)))
@@ -210,7 +212,7 @@ def _padding_waste(lengths: np.ndarray, dm: SFTDataModule) -> tuple[dict[str, fl
 
 def write_clean(path: str, report: SplitCheck) -> int:
     """Write the split's rows minus duplicates and malformed rows (the source rows, unchanged)."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for part, keep in report.keep:
         inputs = np.unique(part.source_rows[keep])  # a split conversation is one source row
         selected = part.source.dataset.select(part.rows[inputs]) if len(keep) else []

@@ -33,11 +33,14 @@ def load_for_inference(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     target_dtype = torch_dtype(dtype)  # None: the checkpoint's own
+    network: Any  # a transformers model, or a peft model around one
     if model.endswith(".ckpt"):
         from lit_sft.model.build import load_module
 
         module = load_module(model)
         network = module.model
+        if module.tokenizer_name_or_path is None:
+            raise ConfigError(module._no_tokenizer_path)
         tokenizer = load_tokenizer(
             module.tokenizer_name_or_path, chat_template or module.chat_template, trust_remote_code
         )
@@ -50,7 +53,7 @@ def load_for_inference(
         from transformers import AutoModelForCausalLM
 
         check_local_path(model)
-        kwargs = {"dtype": target_dtype or "auto", "trust_remote_code": trust_remote_code}
+        kwargs: dict[str, Any] = {"dtype": target_dtype or "auto", "trust_remote_code": trust_remote_code}
         try:
             if os.path.isfile(os.path.join(model, "adapter_config.json")):
                 from peft import AutoPeftModelForCausalLM

@@ -140,7 +140,8 @@ def chat(
         format = "sharegpt" if "conversations" in dataset.column_names else "openai"
     key = messages_key or ("conversations" if format == "sharegpt" else "messages")
     convert = from_sharegpt if format == "sharegpt" else from_openai
-    rows, dropped = [], Counter()
+    rows: list[dict[str, Any]] = []
+    dropped: Counter[str] = Counter()
     for index, row in enumerate(dataset):
         try:
             converted = convert(row, key)

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lit_sft.batch import IGNORE_INDEX, TextBatch
-from lit_sft.data.collate import PackedCollator, PaddingCollator, add_targets
+from lit_sft.data.collate import add_targets
 from lit_sft.data.sampler import MicroBatch, MicroBatchSampler
 
 
@@ -21,14 +21,14 @@ class MicroBatchDataset(Dataset):
     (see `MicroBatchSampler`), which the loss uses to normalise.
     """
 
-    def __init__(self, dataset: datasets.Dataset, collator: PaddingCollator | PackedCollator) -> None:
+    def __init__(self, dataset: datasets.Dataset, collator: Callable[..., TextBatch]) -> None:
         self.dataset = dataset
         self.collator = collator
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, micro_batch: MicroBatch) -> TextBatch:  # type: ignore[override]
+    def __getitem__(self, micro_batch: MicroBatch) -> TextBatch:
         rows = self.dataset[list(micro_batch.indices)]
         batch = self.collator(
             *(rows[name] for name in getattr(self.collator, "columns", ("input_ids", "labels")))
@@ -56,6 +56,8 @@ class ResumableDataLoader(DataLoader):
         consumed: Returns how many micro-batches of the current epoch the training loop has processed.
         **kwargs: DataLoader options (``num_workers``...).
     """
+
+    sampler: MicroBatchSampler  # narrower than DataLoader's: the state below is the sampler's
 
     def __init__(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -13,6 +13,7 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_sft.batch import TextBatch
 from lit_sft.data.collate import PackedCollator, PaddingCollator
 from lit_sft.data.conversation import AssistantTurns, FormatOptions, RowFormat
 from lit_sft.data.dataloader import MicroBatchDataset, ResumableDataLoader
@@ -267,7 +268,7 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         return splits
 
     def _build(self) -> None:
-        options = {"skip_invalid_rows": self.skip_invalid_rows, "num_proc": self.num_proc}
+        options: dict[str, Any] = {"skip_invalid_rows": self.skip_invalid_rows, "num_proc": self.num_proc}
         splits = self.plan_splits()
         self.train_dataset, train_summary = tokenize_split(
             "train", *splits["train"], self.row_tokenizer, **options
@@ -310,7 +311,7 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
             return 1, 0, 1
         return (*data_parallel_layout(trainer), trainer.accumulate_grad_batches)
 
-    def _collator(self) -> PaddingCollator | PackedCollator:
+    def _collator(self) -> Callable[..., TextBatch]:
         if self.packing:
             return PackedCollator()
         return PaddingCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)

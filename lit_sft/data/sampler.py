@@ -90,7 +90,8 @@ class MicroBatchSampler(DistributedSampler):
             raise ValueError("cannot sample from an empty dataset")
         self.num_tokens = np.asarray(num_tokens, dtype=np.int64)
         self.num_trained = np.asarray(num_trained, dtype=np.int64)
-        self.dataset = self.num_tokens  # what DistributedSampler's attributes refer to
+        # What DistributedSampler's attributes refer to (typed there as a Dataset; only its length is read).
+        self.dataset = self.num_tokens  # type: ignore[assignment]
         self.num_replicas, self.rank = num_replicas, rank
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.max_tokens_per_batch, self.packing = max_tokens_per_batch, packing
@@ -99,6 +100,7 @@ class MicroBatchSampler(DistributedSampler):
         self.epoch = 0
         self._start = 0  # micro-batches of the current epoch to skip (set when resuming)
         if max_tokens_per_batch is None:
+            assert batch_size is not None  # checked above
             self._groups = None
             self._rows = len(self.num_tokens)
             if drop_last:  # whole optimizer steps only
@@ -131,6 +133,7 @@ class MicroBatchSampler(DistributedSampler):
     def micro_batches(self, epoch: int) -> list[np.ndarray]:
         """The row indices of every micro-batch of ``epoch``, in order (before sharding across ranks)."""
         if self._groups is None:
+            assert self.batch_size is not None  # no groups: fixed-size batches (checked in __init__)
             order = (
                 self._rng(epoch).permutation(len(self.num_tokens))
                 if self.shuffle

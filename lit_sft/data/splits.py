@@ -155,7 +155,7 @@ class RowTokenizer:
 
     def tokenize_rows(
         self, rows: list[dict[str, Any]]
-    ) -> list[list[dict[str, Any]] | dict[str, Any] | RejectedRow]:
+    ) -> Sequence[list[dict[str, Any]] | dict[str, Any] | RejectedRow]:
         """Per row: its ``input_ids``, ``labels``, ``original_length``, ``truncated`` and `extra_columns`
         (a list of these for a conversation split into several rows, ``lost`` on its first), or why it
         was rejected. Text rows are tokenized together, which is much faster than one by one."""
@@ -386,7 +386,9 @@ def tokenize_sources(
             num_proc=num_proc if num_proc and num_proc > 1 else None,
             with_indices="row" in row_tokenizer.features,
             desc=f"Tokenizing {source.name}",
-        ).with_format(None)  # the source's JSON-column transform (see readers.JsonColumns) is not the output's
+        ).with_format(
+            None
+        )  # the source's JSON-column transform (see readers.JsonColumns) is not the output's
         results.append(TokenizedSource(source, rows, tokenized, row_tokenizer.extra_columns))
     return results
 

@@ -22,7 +22,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -158,12 +158,17 @@ class ConversationRenderer:
 
     def _render(self, conversation: Conversation, count: int, add_generation_prompt: bool) -> str:
         try:
-            return self.tokenizer.apply_chat_template(
-                conversation.messages[:count],
-                tools=conversation.tools,
-                tokenize=False,
-                add_generation_prompt=add_generation_prompt,
-                **self.template_kwargs,
+            # tokenize=False renders one conversation to one string.
+            return cast(
+                str,
+                self.tokenizer.apply_chat_template(
+                    conversation.messages[:count],
+                    # transformers types the parameter as a list (invariant) of dicts or callables.
+                    tools=conversation.tools,  # type: ignore[arg-type]
+                    tokenize=False,
+                    add_generation_prompt=add_generation_prompt,
+                    **self.template_kwargs,
+                ),
             )
         except Exception as error:  # jinja's TemplateError, or whatever a template trips on
             reason = f"the chat template rejected the conversation: {type(error).__name__}: {error}"

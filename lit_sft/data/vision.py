@@ -23,7 +23,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import datasets
 import torch
@@ -293,7 +293,7 @@ class VisionCollator:
         self.packing = packing
         self.text = PackedCollator() if packing else PaddingCollator(pad_token_id, pad_to_multiple_of)
 
-    def __call__(  # type: ignore[override]
+    def __call__(
         self,
         input_ids: Sequence[Sequence[int]],
         labels: Sequence[Sequence[int]],
@@ -302,7 +302,8 @@ class VisionCollator:
     ) -> VisionBatch:
         from PIL import Image
 
-        batch = self.text(input_ids, labels)
+        # The text batch, to which the image keys are added.
+        batch = cast(VisionBatch, self.text(input_ids, labels))
         if self.packing:
             types = torch.as_tensor([value for row in mm_token_type_ids for value in row], dtype=torch.long)[
                 None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from transformers import PreTrainedTokenizerBase
 
@@ -151,7 +151,8 @@ def evaluate_items(
     for index, tokens in zip(indices, completions, strict=True):
         if index is None:
             continue
-        generation = tokenizer.decode(tokens, skip_special_tokens=True)
+        # One sequence of ids decodes to one string (decode's type covers batches too).
+        generation = cast(str, tokenizer.decode(tokens, skip_special_tokens=True))
         result = score(generation, eval_set.references[index])
         records.append(
             {

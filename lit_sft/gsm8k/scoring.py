@@ -105,13 +105,18 @@ class GSM8KAccuracy(Metric):
     full_state_update = False
     is_differentiable = False
     higher_is_better = True
+    # The states `add_state` registers (declared for the type checker, which cannot see them).
+    strict: torch.Tensor
+    flexible: torch.Tensor
+    strict_invalid: torch.Tensor
+    total: torch.Tensor
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         for name in ("strict", "flexible", "strict_invalid", "total"):
             self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, generations: Sequence[str], references: Sequence[Any]) -> None:  # type: ignore[override]
+    def update(self, generations: Sequence[str], references: Sequence[Any]) -> None:
         scores = [score(text, reference) for text, reference in zip(generations, references, strict=True)]
         self.strict += sum(item.strict_correct for item in scores)
         self.flexible += sum(item.flexible_correct for item in scores)

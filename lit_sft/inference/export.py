@@ -2,7 +2,7 @@
 
 ``export_hf`` writes ``save_pretrained`` weights, the tokenizer (with its chat template) and a generation
 config whose stop tokens are the template's end-of-turn tokens. LoRA is exported merged into the base
-weights (a plain model), as a peft adapter (``adapter_config.json`` with the trained ``lora_alpha``), or
+weights (a plain model; a QLoRA run's 4-bit base is de-quantized first), as a peft adapter (``adapter_config.json`` with the trained ``lora_alpha``), or
 both. ``export_checkpoint`` converts a Lightning checkpoint (the ``lit-sft export`` command,
 `lit_sft.commands.export`).
 """
@@ -14,7 +14,8 @@ import json
 import logging
 import os
 import shutil
-from typing import Any, Literal
+import tempfile
+from typing import Any, Literal, TypeVar
 
 import torch
 
@@ -22,11 +23,13 @@ from lit_sft.errors import ConfigError
 from lit_sft.gguf import is_gguf
 from lit_sft.hub import DTypeName, torch_dtype
 from lit_sft.inference.generation import stop_token_ids
+from lit_sft.model.quantization import dequantized_merge, is_quantized
 
 log = logging.getLogger("lit_sft")
 
 LoraExport = Literal["merged", "adapter", "both"]
 ExportDType = DTypeName
+Model = TypeVar("Model", bound=torch.nn.Module)
 
 
 def _generation_config(model: Any, tokenizer: Any) -> Any:
@@ -62,9 +65,31 @@ def _finish(directory: str, model: Any, tokenizer: Any) -> None:
             json.dump(config, handle, indent=2, sort_keys=True)
 
 
-def _cast(model: torch.nn.Module, dtype: ExportDType) -> torch.nn.Module:
+def _cast(model: Model, dtype: ExportDType) -> Model:
     target = torch_dtype(dtype)
     return model if target is None else model.to(target)
+
+
+def _save_converted_adapter(adapter: Any, initial: dict[str, torch.Tensor], directory: str) -> None:
+    """Save an adapter whose initialisation moved part of the base into it (PiSSA, OLoRA) as the plain LoRA
+    ``trained - initial`` for the unmodified base (peft's ``path_initial_model_for_weight_conversion``)."""
+    from safetensors.torch import save_file
+
+    if any(config.use_dora for config in adapter.peft_config.values()):
+        raise ConfigError(
+            "a DoRA adapter initialised with pissa/olora cannot be exported as an adapter for the original "
+            "base; export it merged (lora: merged)"
+        )
+    with tempfile.TemporaryDirectory() as scratch:
+        initial_dir = os.path.join(scratch, "initial")
+        os.makedirs(initial_dir)
+        save_file(
+            {name: tensor.cpu().contiguous() for name, tensor in initial.items()},
+            os.path.join(initial_dir, "adapter_model.safetensors"),
+        )
+        adapter.save_pretrained(
+            directory, safe_serialization=True, path_initial_model_for_weight_conversion=initial_dir
+        )
 
 
 def export_hf(
@@ -105,13 +130,19 @@ def export_hf(
         _finish(temporary, exported, tokenizer)
     else:
         if lora in ("merged", "both"):
-            merged = _cast(copy.deepcopy(model).cpu().merge_and_unload(), dtype)
+            if is_quantized(model):  # QLoRA: into the de-quantized base, never into 4-bit layers
+                merged = dequantized_merge(model, dtype)
+            else:
+                merged = _cast(copy.deepcopy(model).cpu().merge_and_unload(), dtype)
             merged.save_pretrained(temporary, safe_serialization=True)
             _finish(temporary, merged, tokenizer)
         if lora in ("adapter", "both"):
             final_dir = out if lora == "adapter" else os.path.join(out, "adapter")
             adapter_dir = temporary if lora == "adapter" else os.path.join(temporary, "adapter")
-            adapter = _cast(copy.deepcopy(model).cpu(), dtype)
+            # A 4-bit base cannot be cast; the adapter of a QLoRA run applies to its (unquantized) base path.
+            adapter = (
+                copy.deepcopy(model) if is_quantized(model) else _cast(copy.deepcopy(model).cpu(), dtype)
+            )
             base_path = base_model_name_or_path
             if base_path is None or is_gguf(base_path):  # no HF base to point at: ship the base weights
                 base = copy.deepcopy(adapter).unload()
@@ -120,7 +151,12 @@ def export_hf(
                 base_path = os.path.join(os.path.abspath(final_dir), "base")
             for config in adapter.peft_config.values():
                 config.base_model_name_or_path = base_path
-            adapter.save_pretrained(adapter_dir, safe_serialization=True)
+            initial = getattr(adapter, "lit_sft_initial_adapter", None)
+            if initial is not None and base_model_name_or_path is not None:
+                # PiSSA / OLoRA trained on a residual base: as a LoRA on the original base (rank 2r).
+                _save_converted_adapter(adapter, initial, adapter_dir)
+            else:
+                adapter.save_pretrained(adapter_dir, safe_serialization=True)
             _finish(adapter_dir, adapter.get_base_model(), tokenizer)
             if lora == "both":
                 written.append(final_dir)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -69,8 +69,12 @@ def render_prompt(
     template_kwargs: dict[str, Any] | None = None,
 ) -> Prompt:
     """Render messages with the generation prompt and tokenize; keep the last ``max_prompt_length`` tokens."""
-    input_ids = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=False, **(template_kwargs or {})
+    # One conversation, tokenized without return_dict, comes back as one list of ids.
+    input_ids = cast(
+        "list[int]",
+        tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False, **(template_kwargs or {})
+        ),
     )
     input_ids = list(input_ids)
     if max_prompt_length is not None and len(input_ids) > max_prompt_length:

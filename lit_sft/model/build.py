@@ -12,7 +12,7 @@ import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
@@ -49,6 +49,16 @@ class LoraOptions:
         dropout: Dropout on the adapter input.
         target_modules: Module names to adapt (``[q_proj, k_proj, v_proj, o_proj]``) or ``all-linear``.
         modules_to_save: Modules trained in full besides the adapters (e.g. ``[lm_head]``).
+        use_dora: DoRA (weight-decomposed LoRA): a trained magnitude per output feature on top of the low-rank
+            direction update (peft's ``use_dora``).
+        use_rslora: Rank-stabilised LoRA: scale the update by ``alpha / sqrt(r)`` instead of ``alpha / r``.
+        init_lora_weights: peft's ``init_lora_weights``: ``true`` (B = 0, A Kaiming-uniform), ``gaussian``,
+            ``pissa`` / ``pissa_niter_<n>`` (principal singular vectors; the base keeps the residual),
+            ``olora`` (QR of the base weight; the base keeps the rest), ``orthogonal``, ... PiSSA and OLoRA
+            change the base weights: a merged export is the trained model as is; an adapter export is
+            converted to a plain LoRA of rank ``2 r`` on the original base (when the run has one; a randomly
+            initialised run ships its residual base with the adapter).
+        layers_to_transform: Adapt only these decoder layers (indices, from 0) of ``target_modules``.
     """
 
     r: int = 16
@@ -56,6 +66,15 @@ class LoraOptions:
     dropout: float = 0.0
     target_modules: list[str] | str = "all-linear"
     modules_to_save: list[str] | None = None
+    use_dora: bool = False
+    use_rslora: bool = False
+    init_lora_weights: bool | str = True
+    layers_to_transform: list[int] | int | None = None
+
+    def mutates_base(self) -> bool:
+        """Whether the initialisation moves part of the base weights into the adapter (PiSSA, OLoRA, CorDA)."""
+        init = self.init_lora_weights
+        return isinstance(init, str) and init.split("_")[0] in ("pissa", "olora", "corda")
 
 
 def apply_dropout(config: Any, probability: float) -> list[str]:
@@ -144,7 +163,7 @@ def build_causal_lm(
     return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, **kwargs)
 
 
-def apply_liger_kernels(model: torch.nn.Module) -> None:
+def apply_liger_kernels(model: PreTrainedModel) -> None:
     """Swap in Liger's Triton kernels (RMSNorm, RoPE, SwiGLU) for the model's own modules.
 
     Raises:
@@ -201,10 +220,23 @@ def prepare_for_training(
             lora_dropout=lora.dropout,
             target_modules=lora.target_modules,
             modules_to_save=lora.modules_to_save,
+            use_dora=lora.use_dora,
+            use_rslora=lora.use_rslora,
+            init_lora_weights=cast(Any, lora.init_lora_weights),  # peft checks the name itself
+            layers_to_transform=lora.layers_to_transform,
             task_type="CAUSAL_LM",
             **(lora_config_kwargs or {}),
         )
-        model = get_peft_model(model, config)
+        # The peft wrapper stands in for the model: it forwards every attribute it lacks to the model inside.
+        model = cast(PreTrainedModel, get_peft_model(model, config))
+        if lora.mutates_base():
+            from peft import get_peft_model_state_dict
+
+            # The adapter as initialised: an adapter export subtracts it to give a LoRA on the original base
+            # (`lit_sft.inference.export`).
+            model.lit_sft_initial_adapter = {  # type: ignore[assignment]  # an attribute of ours on the wrapper
+                name: tensor.detach().clone() for name, tensor in get_peft_model_state_dict(model).items()
+            }
     return model
 
 

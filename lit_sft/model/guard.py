@@ -27,14 +27,26 @@ class StepAccounting:
         self.skip_nonfinite_steps = skip_nonfinite_steps
         self.skipped_steps = 0
         self.loss: torch.Tensor | None = None
+        #: This rank's share of the step's per-token metrics (`lit_sft.model.loss.TOKEN_METRICS`).
+        self.metrics: torch.Tensor | None = None
         self.trained_tokens = 0
         self.tokens = 0
         self.totals = {"tokens": 0, "trained_tokens": 0}
 
-    def add_micro_batch(self, loss_sum: torch.Tensor, step_trained_tokens: int, step_tokens: int) -> None:
-        """Add a micro-batch's share of the step's per-token mean loss (its loss sum over the step's count)."""
+    def add_micro_batch(
+        self,
+        loss_sum: torch.Tensor,
+        step_trained_tokens: int,
+        step_tokens: int,
+        metric_sums: torch.Tensor | None = None,
+    ) -> None:
+        """Add a micro-batch's share of the step's per-token mean loss (its loss sum over the step's count),
+        and likewise of the per-token metrics when their sums are given."""
         share = loss_sum.detach() / max(step_trained_tokens, 1)
         self.loss = share if self.loss is None else self.loss + share
+        if metric_sums is not None:
+            metric_share = metric_sums.detach() / max(step_trained_tokens, 1)
+            self.metrics = metric_share if self.metrics is None else self.metrics + metric_share
         self.trained_tokens = step_trained_tokens
         self.tokens = step_tokens
 
@@ -42,6 +54,11 @@ class StepAccounting:
         """The step's loss (this rank's share), leaving none for the next step."""
         loss, self.loss = self.loss, None
         return loss
+
+    def take_metrics(self) -> torch.Tensor | None:
+        """The step's per-token metrics (this rank's share), leaving none for the next step."""
+        metrics, self.metrics = self.metrics, None
+        return metrics
 
     def finish_step(self) -> None:
         """Add the step's tokens to the totals."""
@@ -90,7 +107,7 @@ def gradient_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor | None:
     """The total 2-norm of the parameters' gradients (gathered when sharded); None without gradients."""
     if not parameters:
         return None
-    norm = torch.nn.utils.get_total_norm([p.grad for p in parameters], norm_type=2.0)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None], norm_type=2.0)
     if hasattr(norm, "full_tensor"):  # sharded gradients (FSDP2)
         norm = norm.full_tensor()
     return norm

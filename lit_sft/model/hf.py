@@ -11,19 +11,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lit_sft.batch import TextBatch, packed_batch
 from lit_sft.errors import ConfigError
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 log = logging.getLogger("lit_sft")
 
 
-def base_model(model: torch.nn.Module) -> torch.nn.Module:
+def base_model(model: PreTrainedModel) -> PreTrainedModel:
     """The Hugging Face model inside a peft wrapper (the model itself otherwise)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    # Looked up with getattr: nn.Module.__getattr__ would type the method as a Tensor or Module.
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if get_base_model is not None else model
 
 
 def logits_postprocess(config: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -100,7 +105,7 @@ class HiddenStatePath:
 
 
 @torch.no_grad()
-def hidden_state_path(model: torch.nn.Module) -> HiddenStatePath | None:
+def hidden_state_path(model: PreTrainedModel) -> HiddenStatePath | None:
     """The model's decoder/head split, if its logits really are ``head(decoder(...))`` (checked on a tiny
     input); None when the model lacks the accessors, takes no ``logits_to_keep``, or computes its logits
     some other way."""
@@ -139,7 +144,7 @@ def hidden_state_path(model: torch.nn.Module) -> HiddenStatePath | None:
 
 @torch.no_grad()
 def check_packed_attention(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     attn_implementation: str | None = None,
     packed_inputs: Callable[[TextBatch], dict[str, Any]] | None = None,
 ) -> None:
@@ -159,7 +164,9 @@ def check_packed_attention(
     model.eval()
     device = next(model.parameters()).device
     # Low ids: ordinary tokens in every vocabulary (no image placeholders, which would want pixels).
-    vocab = min(model.get_input_embeddings().num_embeddings, 256)
+    # An nn.Embedding (transformers types the accessor as returning any nn.Module).
+    num_embeddings: int = model.get_input_embeddings().num_embeddings  # type: ignore[assignment]
+    vocab = min(num_embeddings, 256)
     generator = torch.Generator().manual_seed(0)
     first, second = (torch.randint(0, vocab, (1, n), generator=generator).to(device) for n in (5, 7))
     batch = packed_batch([first, second])

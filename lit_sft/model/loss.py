@@ -12,6 +12,11 @@ How the sum is computed is one `TokenLoss` object, chosen once when the model is
 `PlainLoss` (the model's logits), `ChunkedLoss` (the LM head on target positions only, a chunk at a time),
 `LigerLoss` (Liger's fused linear cross-entropy), each wrapped in `SequenceParallelLoss` when a sequence is
 split across ranks.
+
+The token loss is the negative log-likelihood (``type: nll``) or DFT's (``type: dft``, Dynamic Fine-Tuning,
+arXiv:2508.05629): each token's negative log-likelihood scaled by its detached probability. The chunked and plain
+losses also sum, from the logits they already hold, how many targets are the argmax prediction and the entropy of
+each target position's distribution (`TokenLoss.take_metrics`), normalised per token like the loss.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +35,15 @@ from lit_sft.errors import ConfigError
 from lit_sft.model import sequence_parallel
 from lit_sft.model.hf import HiddenStatePath, base_model, hidden_state_path
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 log = logging.getLogger("lit_sft")
 
 LossImplementation = Literal["chunked", "plain", "liger"]
+LossType = Literal["nll", "dft"]
+#: The per-token metrics the chunked and plain losses sum besides the loss, in the order of their sums.
+TOKEN_METRICS = ("token_accuracy", "entropy")
 #: Turns a batch into the model's inputs besides ``input_ids`` (`SFTModule.model_inputs`).
 ModelInputs = Callable[[TextBatch], dict[str, Any]]
 
@@ -44,11 +55,13 @@ __all__ = [
     "SequenceParallelLoss",
     "TokenLoss",
     "chunked_cross_entropy_sum",
+    "chunked_token_terms",
     "resolve_loss_options",
     "select_loss",
     "step_normalized_loss",
     "target_positions",
     "token_loss_sum",
+    "token_terms",
 ]
 
 
@@ -62,10 +75,22 @@ class LossOptions:
             batch; ``liger``: Liger's fused linear cross-entropy (CUDA GPU); ``plain``: the model's logits for
             every position. Models whose logits are not ``lm_head(hidden states)`` fall back to ``plain``.
         chunk_size: Target positions per chunk of the chunked loss.
+        type: The token loss: ``nll`` (default), the negative log-likelihood; ``dft``, Dynamic Fine-Tuning: each
+            token's negative log-likelihood times its probability, detached (``-sg(p) log p``). The same
+            per-step token-mean normalisation applies to both. ``dft`` works with ``chunked`` and ``plain``, not
+            ``liger`` (its fused kernel returns no per-token probabilities). What other tools call
+            ``loss_type: dft`` is ``model.loss: {type: dft}`` here.
+        token_metrics: Also log ``train/token_accuracy``, ``train/entropy``, ``val/token_accuracy`` and
+            ``val/entropy``: the share of targets that are the argmax prediction and the mean entropy (nats) of
+            the predicted distribution at target positions, exact per-token means over the optimizer step /
+            the validation set. Computed from each chunk's logits inside the loss, so they cost no extra
+            full-vocabulary memory; not available with ``liger``.
     """
 
     implementation: LossImplementation = "chunked"
     chunk_size: int = 4096
+    type: LossType = "nll"
+    token_metrics: bool = True
 
 
 def resolve_loss_options(
@@ -77,7 +102,7 @@ def resolve_loss_options(
     Raises:
         ConfigError: When both ``loss`` and an old flat option are set.
     """
-    old = {"implementation": implementation, "chunk_size": chunk_size}
+    old: dict[str, Any] = {"implementation": implementation, "chunk_size": chunk_size}
     old = {name: value for name, value in old.items() if value is not None}
     if old:
         renames = ", ".join(f"model.loss_{name} is now model.loss.{name}" for name in old)
@@ -125,10 +150,83 @@ def step_normalized_loss(
     return loss_sum * (accumulate_grad_batches * world_size / max(step_target_tokens, 1))
 
 
-def _chunk_loss(
-    hidden: torch.Tensor, targets: torch.Tensor, logits_fn: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
-    return F.cross_entropy(logits_fn(hidden).float(), targets, reduction="sum")
+def token_terms(
+    logits: torch.Tensor, targets: torch.Tensor, loss_type: LossType = "nll", metrics: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The loss sum over target positions and, with ``metrics``, the sums of `TOKEN_METRICS`.
+
+    Args:
+        logits: ``(N, vocab)`` logits of the target positions (upcast to fp32 here).
+        targets: ``(N,)`` target ids.
+        loss_type: ``nll`` or ``dft`` (see `LossOptions`).
+        metrics: Also return ``[number of targets that are the argmax, sum of entropies]`` (detached, fp32).
+
+    Returns:
+        The fp32 loss sum (a scalar that backpropagates) and the metric sums (or None).
+    """
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    nll = -log_probs.gather(1, targets[:, None]).squeeze(1)
+    # DFT: the gradient of -p.detach() * log p is the NLL's scaled by the token's probability.
+    loss_sum = (nll * torch.exp(-nll.detach())).sum() if loss_type == "dft" else nll.sum()
+    if not metrics:
+        return loss_sum, None
+    with torch.no_grad():
+        correct = (log_probs.argmax(dim=-1) == targets).sum().float()
+        entropy = -(log_probs.exp() * log_probs).sum()
+    return loss_sum, torch.stack([correct, entropy])
+
+
+def _chunk_terms(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    loss_type: LossType,
+    metrics: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    loss_sum, sums = token_terms(logits_fn(hidden), targets, loss_type, metrics)
+    return loss_sum, sums if sums is not None else loss_sum.new_zeros(len(TOKEN_METRICS))
+
+
+def chunked_token_terms(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    chunk_size: int = 4096,
+    loss_type: LossType = "nll",
+    metrics: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`token_terms` of ``logits_fn(hidden)``, never holding more than ``chunk_size`` rows of vocabulary-sized
+    logits: each chunk's logits are recomputed in the backward pass instead of being kept (activation
+    checkpointing per chunk). The metric sums come from the same chunk's logits.
+
+    Args:
+        hidden: ``(N, hidden)`` hidden states of target positions.
+        targets: ``(N,)`` target ids.
+        logits_fn: The LM head (and any logit post-processing).
+        chunk_size: Rows per chunk.
+        loss_type: ``nll`` or ``dft``.
+        metrics: Also return the metric sums (as `token_terms`).
+    """
+    if hidden.shape[0] == 0:
+        # A micro-batch with no target (the padding micro-batch a short rank gets) must still put every
+        # parameter in the graph: an untied LM head without a gradient on one rank hangs DDP's all-reduce
+        # and breaks FSDP's reduce-scatter. The head on zero rows costs nothing.
+        zero = logits_fn(hidden).float().sum() * 0.0
+        return zero, (zero.detach().new_zeros(len(TOKEN_METRICS)) if metrics else None)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    sums = hidden.new_zeros(len(TOKEN_METRICS), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_size):
+        chunk, chunk_targets = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        arguments = (chunk, chunk_targets, logits_fn, loss_type, metrics)
+        if torch.is_grad_enabled() and chunk.requires_grad:
+            # Early stopping of the non-reentrant recomputation ends it once the loss's saved tensors are back,
+            # before the (gradient-free) metrics.
+            chunk_loss, chunk_sums = checkpoint(_chunk_terms, *arguments, use_reentrant=False)
+        else:
+            chunk_loss, chunk_sums = _chunk_terms(*arguments)
+        total = total + chunk_loss
+        sums = sums + chunk_sums.detach()
+    return total, (sums if metrics else None)
 
 
 def chunked_cross_entropy_sum(
@@ -137,40 +235,28 @@ def chunked_cross_entropy_sum(
     logits_fn: Callable[[torch.Tensor], torch.Tensor],
     chunk_size: int = 4096,
 ) -> torch.Tensor:
-    """Sum of cross-entropies of ``logits_fn(hidden)`` against ``targets``, never holding more than
-    ``chunk_size`` rows of vocabulary-sized logits: each chunk's logits are recomputed in the backward
-    pass instead of being kept (activation checkpointing per chunk).
-
-    Args:
-        hidden: ``(N, hidden)`` hidden states of target positions.
-        targets: ``(N,)`` target ids.
-        logits_fn: The LM head (and any logit post-processing).
-        chunk_size: Rows per chunk.
-    """
-    if hidden.shape[0] == 0:
-        # A micro-batch with no target (the padding micro-batch a short rank gets) must still put every
-        # parameter in the graph: an untied LM head without a gradient on one rank hangs DDP's all-reduce
-        # and breaks FSDP's reduce-scatter. The head on zero rows costs nothing.
-        return logits_fn(hidden).float().sum() * 0.0
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk_size):
-        chunk, chunk_targets = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-        if torch.is_grad_enabled() and chunk.requires_grad:
-            total = total + checkpoint(_chunk_loss, chunk, chunk_targets, logits_fn, use_reentrant=False)
-        else:
-            total = total + _chunk_loss(chunk, chunk_targets, logits_fn)
-    return total
+    """The summed cross-entropy of `chunked_token_terms` (no metrics)."""
+    return chunked_token_terms(hidden, targets, logits_fn, chunk_size, "nll", metrics=False)[0]
 
 
 class TokenLoss:
     """The sum of a batch's token losses and the number of its targets, computed one way.
 
     Called with a batch (a `TextBatch` or `VisionBatch`); ``shifted`` means the batch is this rank's slice of
-    a sequence split across ranks, whose ``shift_labels`` are already shifted.
+    a sequence split across ranks, whose ``shift_labels`` are already shifted. Losses that can also sum the
+    per-token metrics (`TOKEN_METRICS`) keep those of their last call for `take_metrics`.
     """
+
+    last_metrics: torch.Tensor | None = None
 
     def __call__(self, batch: TextBatch, shifted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def take_metrics(self) -> torch.Tensor | None:
+        """The metric sums of the last call (``[argmax hits, entropy sum]``, detached), leaving none behind;
+        None when this loss does not compute them."""
+        sums, self.last_metrics = self.last_metrics, None
+        return sums
 
 
 class PlainLoss(TokenLoss):
@@ -179,21 +265,34 @@ class PlainLoss(TokenLoss):
     Args:
         forward: Returns the logits of ``input_ids`` and the other inputs (`SFTModule.forward`).
         model_inputs: The batch's model inputs besides ``input_ids``.
+        loss_type: ``nll`` or ``dft`` (`LossOptions.type`).
+        metrics: Also sum the per-token metrics (`take_metrics`).
     """
 
-    def __init__(self, forward: Callable[..., torch.Tensor], model_inputs: ModelInputs) -> None:
+    def __init__(
+        self,
+        forward: Callable[..., torch.Tensor],
+        model_inputs: ModelInputs,
+        loss_type: LossType = "nll",
+        metrics: bool = True,
+    ) -> None:
         self.forward, self.model_inputs = forward, model_inputs
+        self.loss_type, self.metrics = loss_type, metrics
 
     def __call__(self, batch: TextBatch, shifted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        self.last_metrics = None
         logits = self.forward(batch["input_ids"], **self.model_inputs(batch))
-        if shifted:
-            return token_loss_sum(logits, batch["shift_labels"], shifted=True)  # type: ignore[typeddict-item]
-        if "target_index" not in batch:
-            return token_loss_sum(logits, batch["labels"])
-        # Positions chosen on the host: no device sync.
-        selected = logits.reshape(-1, logits.shape[-1]).index_select(0, batch["target_index"]).float()
-        loss_sum = F.cross_entropy(selected, batch["target_ids"], reduction="sum")
-        return loss_sum, torch.as_tensor(batch["target_ids"].shape[0], device=loss_sum.device)
+        if "target_index" in batch and not shifted:  # positions chosen on the host: no device sync
+            selected = logits.reshape(-1, logits.shape[-1]).index_select(0, batch["target_index"])
+            targets = batch["target_ids"]
+        else:
+            labels = batch["shift_labels"] if shifted else batch["labels"]
+            shifted_labels = labels if shifted else labels[:, 1:]
+            mask = shifted_labels != IGNORE_INDEX
+            # Only target positions are upcast to fp32 (in token_terms), not the whole (batch, seq, vocab).
+            selected, targets = (logits if shifted else logits[:, :-1])[mask], shifted_labels[mask]
+        loss_sum, self.last_metrics = token_terms(selected, targets, self.loss_type, self.metrics)
+        return loss_sum, torch.as_tensor(targets.shape[0], device=loss_sum.device)
 
 
 class _HeadOnTargets(TokenLoss):
@@ -203,12 +302,13 @@ class _HeadOnTargets(TokenLoss):
         self.path, self.model_inputs = path, model_inputs
 
     def __call__(self, batch: TextBatch, shifted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        self.last_metrics = None
         hidden = self.path.hidden_states(batch["input_ids"], **self.model_inputs(batch))
         if "target_index" in batch and not shifted:  # positions chosen on the host: no device sync
             hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["target_index"])
             targets = batch["target_ids"]
         else:
-            labels = batch["shift_labels"] if shifted else batch["labels"]  # type: ignore[typeddict-item]
+            labels = batch["shift_labels"] if shifted else batch["labels"]
             hidden, targets = target_positions(hidden, labels, shifted=shifted)
         count = torch.as_tensor(targets.shape[0], device=targets.device)
         return self.head_loss_sum(hidden, targets), count
@@ -218,14 +318,24 @@ class _HeadOnTargets(TokenLoss):
 
 
 class ChunkedLoss(_HeadOnTargets):
-    """The LM head on target positions only, ``chunk_size`` rows at a time (`chunked_cross_entropy_sum`)."""
+    """The LM head on target positions only, ``chunk_size`` rows at a time (`chunked_token_terms`)."""
 
-    def __init__(self, path: HiddenStatePath, model_inputs: ModelInputs, chunk_size: int) -> None:
+    def __init__(
+        self,
+        path: HiddenStatePath,
+        model_inputs: ModelInputs,
+        chunk_size: int,
+        loss_type: LossType = "nll",
+        metrics: bool = True,
+    ) -> None:
         super().__init__(path, model_inputs)
-        self.chunk_size = chunk_size
+        self.chunk_size, self.loss_type, self.metrics = chunk_size, loss_type, metrics
 
     def head_loss_sum(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return chunked_cross_entropy_sum(hidden, targets, self.path.logits, self.chunk_size)
+        loss_sum, self.last_metrics = chunked_token_terms(
+            hidden, targets, self.path.logits, self.chunk_size, self.loss_type, self.metrics
+        )
+        return loss_sum
 
 
 class LigerLoss(_HeadOnTargets):
@@ -260,12 +370,17 @@ class SequenceParallelLoss(TokenLoss):
 
     def __call__(self, batch: TextBatch, shifted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         group = sequence_parallel.sequence_parallel_group(self.size)
-        return self.inner(sequence_parallel.shard_batch(batch, group, self.attn_implementation), shifted=True)
+        # A TextBatch but for its attention_mask, set to None (packed: no mask), which every reader allows.
+        sharded = cast(TextBatch, sequence_parallel.shard_batch(batch, group, self.attn_implementation))
+        return self.inner(sharded, shifted=True)
+
+    def take_metrics(self) -> torch.Tensor | None:
+        return self.inner.take_metrics()
 
 
 def select_loss(
     options: LossOptions,
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     forward: Callable[..., torch.Tensor],
     model_inputs: ModelInputs,
     sequence_parallel_size: int = 1,
@@ -275,8 +390,13 @@ def select_loss(
     decoder/head split, checked on a probe; without it the chunked loss falls back to the plain one).
 
     Raises:
-        ConfigError: For ``liger`` on a model whose logits are not ``lm_head(hidden states)``.
+        ConfigError: For ``liger`` on a model whose logits are not ``lm_head(hidden states)``, or with ``dft``.
     """
+    if options.implementation == "liger" and options.type != "nll":
+        raise ConfigError(
+            f"model.loss.type={options.type} works with model.loss.implementation chunked or plain, not liger "
+            "(Liger's fused kernel returns no per-token probabilities)"
+        )
     path = None if options.implementation == "plain" else hidden_state_path(model)
     loss: TokenLoss
     if path is None:
@@ -284,13 +404,13 @@ def select_loss(
             raise ConfigError(
                 "model.loss.implementation=liger needs a model whose logits are lm_head(hidden states)"
             )
-        loss = PlainLoss(forward, model_inputs)
+        loss = PlainLoss(forward, model_inputs, options.type, options.token_metrics)
     elif options.implementation == "liger":
         loss = LigerLoss(
             path, model_inputs, getattr(base_model(model).config, "final_logit_softcapping", None)
         )
     else:
-        loss = ChunkedLoss(path, model_inputs, options.chunk_size)
+        loss = ChunkedLoss(path, model_inputs, options.chunk_size, options.type, options.token_metrics)
     if sequence_parallel_size > 1:
         loss = SequenceParallelLoss(loss, sequence_parallel_size, attn_implementation or "sdpa")
     return loss

@@ -37,12 +37,21 @@ from lit_sft.model.guard import (
 )
 from lit_sft.model.hf import check_packed_attention
 from lit_sft.model.loss import (
+    TOKEN_METRICS,
     LossImplementation,
     LossOptions,
     TokenLoss,
     resolve_loss_options,
     select_loss,
     step_normalized_loss,
+)
+from lit_sft.model.neftune import NEFTune
+from lit_sft.model.quantization import (
+    QuantizationOptions,
+    bitsandbytes_config,
+    check_options,
+    drop_quantized_base,
+    prepare_quantized,
 )
 from lit_sft.model.scheduler import SFTAdamW, WarmupDecayLR, takes_unset_argument
 from lit_sft.training.distributed import gradient_average_size
@@ -75,11 +84,19 @@ class SFTModule(TokenizerOwner, LightningModule):
         model_kwargs: Further keyword arguments for ``from_pretrained`` / ``from_config``.
         dropout: Set every dropout probability of the model config (attention, hidden, residual...) to this.
         lora: LoRA options; None trains every weight.
+        quantization: QLoRA: load the base model in 4 bits with bitsandbytes (``{load_in_4bit: true,
+            bnb_4bit_quant_type: nf4, bnb_4bit_compute_dtype: bfloat16, double_quant: true}``; needs ``lora``,
+            ``model_name_or_path`` and ``pip install -e '.[qlora]'``; a CUDA GPU, or a CPU with bitsandbytes'
+            CPU backend). Exports merge into the de-quantized base. See `QuantizationOptions`.
         gradient_checkpointing: Recompute activations in the backward pass (non-reentrant).
         liger_kernels: Use Liger's Triton kernels for RMSNorm, RoPE and SwiGLU (CUDA GPU, ``liger-kernel``).
-        loss: How the token losses are computed: ``{implementation: chunked, chunk_size: 4096}`` (default);
-            ``implementation: plain`` uses the model's own logits, ``liger`` Liger's fused kernel (CUDA GPU).
-            See `LossOptions`.
+        loss: How the token losses are computed: ``{implementation: chunked, chunk_size: 4096, type: nll,
+            token_metrics: true}`` (default); ``implementation: plain`` uses the model's own logits, ``liger``
+            Liger's fused kernel (CUDA GPU); ``type: dft`` is Dynamic Fine-Tuning's loss (what other tools call
+            ``loss_type: dft``); ``token_metrics`` logs token accuracy and entropy. See `LossOptions`.
+        neftune_noise_alpha: NEFTune: add uniform noise of scale ``alpha / sqrt(length * hidden_size)`` to the
+            input embeddings in training steps only (never in validation, generation or export); drawn from
+            the global torch RNG, whose state checkpoints carry, so resumed runs stay exact. Typical: 5.
         skip_nonfinite_steps: How many optimizer steps with a non-finite loss or gradient norm to skip (their
             update is dropped, and they are counted) before the run stops with an error naming the step.
         sequence_parallel_size: Split each packed sequence across this many ranks (Ulysses all-to-all
@@ -108,9 +125,11 @@ class SFTModule(TokenizerOwner, LightningModule):
         model_kwargs: dict[str, Any] | None = None,
         dropout: float | None = None,
         lora: LoraOptions | None = None,
+        quantization: QuantizationOptions | None = None,
         gradient_checkpointing: bool = False,
         liger_kernels: bool = False,
         loss: LossOptions | None = None,
+        neftune_noise_alpha: float | None = None,
         skip_nonfinite_steps: int = 0,
         sequence_parallel_size: int = 1,
         optimizer: OptimizerCallable = SFTAdamW,
@@ -129,6 +148,10 @@ class SFTModule(TokenizerOwner, LightningModule):
             raise ConfigError(
                 f"model.loss.implementation must be chunked, plain or liger; got {loss_options.implementation!r}"
             )
+        if loss_options.type not in ("nll", "dft"):
+            raise ConfigError(f"model.loss.type must be nll or dft; got {loss_options.type!r}")
+        if neftune_noise_alpha is not None and neftune_noise_alpha < 0:
+            raise ConfigError(f"model.neftune_noise_alpha must not be negative; got {neftune_noise_alpha}")
         if loss_options.chunk_size < 1 or skip_nonfinite_steps < 0:
             raise ConfigError(
                 "model.loss.chunk_size must be positive and model.skip_nonfinite_steps not negative"
@@ -136,11 +159,26 @@ class SFTModule(TokenizerOwner, LightningModule):
         if sequence_parallel_size < 1:
             raise ConfigError("model.sequence_parallel_size must be at least 1")
         self.save_hyperparameters(
-            ignore=["optimizer", "lr_scheduler", "lora", "loss", "loss_implementation", "loss_chunk_size"]
+            ignore=[
+                "optimizer",
+                "lr_scheduler",
+                "lora",
+                "quantization",
+                "loss",
+                "loss_implementation",
+                "loss_chunk_size",
+            ]
         )
         lora = LoraOptions(**lora) if isinstance(lora, dict) else lora
         # Plain dicts in the checkpoint: Lightning loads checkpoints with ``weights_only``, which refuses classes.
         self.hparams["lora"] = asdict(lora) if lora is not None else None
+        quantization = QuantizationOptions(**quantization) if isinstance(quantization, dict) else quantization
+        if quantization is not None:
+            check_options(quantization, lora is not None, model_name_or_path is not None)
+            # Checkpoints leave out the 4-bit base (`on_load_checkpoint`), which loading quantizes again.
+            self.strict_loading = False
+        self.hparams["quantization"] = asdict(quantization) if quantization is not None else None
+        self.quantization = quantization
         self.hparams["loss"] = asdict(loss_options)
         self.model_name_or_path = model_name_or_path
         self.model_config = dict(model_config) if model_config else None
@@ -155,6 +193,7 @@ class SFTModule(TokenizerOwner, LightningModule):
         self.gradient_checkpointing = gradient_checkpointing
         self.liger_kernels = liger_kernels
         self.loss_options = loss_options
+        self.neftune_noise_alpha = neftune_noise_alpha
         self.sequence_parallel_size = sequence_parallel_size
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -162,6 +201,11 @@ class SFTModule(TokenizerOwner, LightningModule):
         #: How the token losses are computed, chosen once the model is built (`configure_model`).
         self.token_loss: TokenLoss | None = None
         self.val_loss = MeanMetric()
+        #: Validation means of the per-token metrics (`lit_sft.model.loss.TOKEN_METRICS`).
+        self.val_token_metrics: dict[str, MeanMetric] = torch.nn.ModuleDict(  # type: ignore[assignment]
+            {name: MeanMetric() for name in TOKEN_METRICS}
+        )  # a ModuleDict (moved with the module, reset and synced by Lightning), read as a dict of metrics
+        self.neftune = NEFTune(neftune_noise_alpha)
         self.steps = StepAccounting(skip_nonfinite_steps)
         self._rng_to_restore: dict[str, Any] | None = None
 
@@ -177,9 +221,12 @@ class SFTModule(TokenizerOwner, LightningModule):
 
     # ----------------------------------------------------------------------------------------- model
     def _load_kwargs(self) -> dict[str, Any]:
-        return load_kwargs(
+        kwargs = load_kwargs(
             self.dtype_name, self.attn_implementation, self.trust_remote_code, self.model_kwargs
         )
+        if self.quantization is not None:
+            kwargs["quantization_config"] = bitsandbytes_config(self.quantization)
+        return kwargs
 
     def build_model(self) -> PreTrainedModel:
         """Load or randomly initialise the Hugging Face model (before LoRA and checkpointing are applied)."""
@@ -196,6 +243,8 @@ class SFTModule(TokenizerOwner, LightningModule):
         return {}
 
     def _prepare_model(self, model: PreTrainedModel) -> PreTrainedModel:
+        if self.quantization is not None:
+            model = prepare_quantized(model)
         return prepare_for_training(
             model, self.liger_kernels, self.gradient_checkpointing, self.lora, self._lora_config_kwargs()
         )
@@ -209,6 +258,7 @@ class SFTModule(TokenizerOwner, LightningModule):
         with torch.inference_mode(False):
             model = self._prepare_model(self.build_model())
             self.model = model
+            self.neftune.attach(model)
             # Checks that run the model on a probe: done now, on the whole model, before any sharding.
             self.token_loss = select_loss(
                 self.loss_options,
@@ -222,8 +272,9 @@ class SFTModule(TokenizerOwner, LightningModule):
             if getattr(datamodule, "packing", False):
                 check_packed_attention(model, self.attn_implementation, self.model_inputs)
             strategy = self._trainer.strategy if self._trainer is not None else None
-            if hasattr(strategy, "shard"):  # FSDP2: shard after LoRA so adapters live in their layers' units
-                strategy.shard(model)
+            shard = getattr(strategy, "shard", None)
+            if shard is not None:  # FSDP2: shard after LoRA so adapters live in their layers' units
+                shard(model)
             if self.sequence_parallel_size > 1:
                 sequence_parallel.enable(model, self.attn_implementation or "sdpa")
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -275,6 +326,7 @@ class SFTModule(TokenizerOwner, LightningModule):
     def generation_context(self) -> Any:
         """A context for generating with ``self.model`` (undoes the sequence split of training attention)."""
         if self.sequence_parallel_size > 1:
+            assert self.model is not None, "call configure_model() first (the Trainer does)"
             return sequence_parallel.plain_attention(self.model, self.attn_implementation or "sdpa")
         return contextlib.nullcontext()
 
@@ -287,9 +339,11 @@ class SFTModule(TokenizerOwner, LightningModule):
                 "step) for the per-token mean loss; build dataloaders with lit_sft.data.MicroBatchSampler and "
                 "MicroBatchDataset, as SFTDataModule does"
             )
-        loss_sum, _ = self.compute_loss_sum(batch)
+        with self.neftune.noisy():
+            loss_sum, _ = self.compute_loss_sum(batch)
+        metric_sums = self.token_loss.take_metrics() if self.token_loss is not None else None
         step_trained_tokens = int(batch["step_trained_tokens"])
-        self.steps.add_micro_batch(loss_sum, step_trained_tokens, int(batch["step_tokens"]))
+        self.steps.add_micro_batch(loss_sum, step_trained_tokens, int(batch["step_tokens"]), metric_sums)
         return step_normalized_loss(
             loss_sum,
             step_trained_tokens,
@@ -309,6 +363,10 @@ class SFTModule(TokenizerOwner, LightningModule):
         if step_loss is not None:
             # Each rank holds its micro-batches' share of the step mean; their sum is the step mean.
             self.log("train/loss", step_loss, on_step=True, prog_bar=True, sync_dist=True, reduce_fx="sum")
+        step_metrics = self.steps.take_metrics()
+        if step_metrics is not None:  # shares of the step's per-token means, like the loss
+            for name, value in zip(TOKEN_METRICS, step_metrics, strict=True):
+                self.log(f"train/{name}", value, on_step=True, sync_dist=True, reduce_fx="sum")
         self.steps.finish_step()
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True)
         self.log("train/trained_tokens_seen", float(self.steps.totals["trained_tokens"]), on_step=True)
@@ -321,12 +379,21 @@ class SFTModule(TokenizerOwner, LightningModule):
         # the former cannot be updated in the latter, so every validation starts from fresh states.
         with torch.inference_mode(False):
             self.val_loss.reset()
+            for metric in self.val_token_metrics.values():
+                metric.reset()
 
     def validation_step(self, batch: TextBatch, batch_idx: int) -> None:
-        """Accumulate the validation loss as a per-token mean over the whole validation set."""
+        """Accumulate the validation loss (and token metrics) as per-token means over the whole validation set."""
         loss_sum, num_targets = self.compute_loss_sum(batch)
-        self.val_loss.update(loss_sum / torch.clamp(num_targets, min=1), weight=num_targets)
+        denominator = torch.clamp(num_targets, min=1)
+        self.val_loss.update(loss_sum / denominator, weight=num_targets)
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
+        metric_sums = self.token_loss.take_metrics() if self.token_loss is not None else None
+        if metric_sums is not None:
+            for name, value in zip(TOKEN_METRICS, metric_sums, strict=True):
+                metric = self.val_token_metrics[name]
+                metric.update(value / denominator, weight=num_targets)
+                self.log(f"val/{name}", metric, on_step=False, on_epoch=True, batch_size=1)
 
     # ---------------------------------------------------------------------------------- optimizers
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -354,8 +421,14 @@ class SFTModule(TokenizerOwner, LightningModule):
             "lora": asdict(self.lora) if self.lora else None,
             "rng": all_rank_rng_states(self._trainer),
         }
+        if self.quantization is not None:  # the 4-bit base comes from the pretrained weights again
+            checkpoint["state_dict"] = drop_quantized_base(checkpoint.get("state_dict", {}))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.quantization is not None:
+            # The 4-bit base is quantized again from the pretrained weights when the model is built; its packed
+            # weights and quantization states in the checkpoint are not parameters load_state_dict can take.
+            checkpoint["state_dict"] = drop_quantized_base(checkpoint.get("state_dict", {}))
         state = checkpoint.get("lit_sft", {})
         self.steps.totals.update(state.get("totals", {}))
         self.steps.skipped_steps = int(state.get("skipped_steps", 0))

@@ -68,7 +68,7 @@ class WarmupDecayLR(LambdaLR):
         total = int(total_steps or 0)
         self.warmup_steps = warmup_steps or int(warmup_ratio * total)
         self.total_steps = total
-        factor = {
+        factor: dict[str, Any] = {
             "schedule": schedule,
             "warmup_steps": self.warmup_steps,
             "total_steps": total,

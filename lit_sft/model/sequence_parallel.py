@@ -17,13 +17,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
 from lit_sft.batch import IGNORE_INDEX, TextBatch
 from lit_sft.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 _GROUPS: dict[int, Any] = {}
 
@@ -118,7 +121,9 @@ def ulysses_attention(
     query, key, value = (
         all_to_all(t, scatter_dim=1, gather_dim=2, group=context.group) for t in (query, key, value)
     )
+    mask: torch.Tensor | None
     if context.inner == "eager":  # each model family defines its own eager attention, with an additive mask
+        assert context.mask is not None, "shard_batch builds the mask for every inner attention but flash"
         inner = sys.modules[type(module).__module__].eager_attention_forward
         mask = torch.zeros(context.mask.shape, dtype=query.dtype, device=query.device)
         mask.masked_fill_(~context.mask, torch.finfo(query.dtype).min)
@@ -137,7 +142,7 @@ def _no_mask(*args: Any, **kwargs: Any) -> None:
     return None
 
 
-def enable(model: torch.nn.Module, inner: str) -> str:
+def enable(model: PreTrainedModel, inner: str) -> str:
     """Route the model's attention through `ulysses_attention` (around ``inner``); returns the new name."""
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -196,7 +201,7 @@ def shard_batch(batch: TextBatch, group: Any, inner: str) -> dict[str, Any]:
 
 
 @contextmanager
-def plain_attention(model: torch.nn.Module, inner: str) -> Iterator[None]:
+def plain_attention(model: PreTrainedModel, inner: str) -> Iterator[None]:
     """Attention without the sequence split, for generation (each rank decodes its own prompts)."""
     current = model.config._attn_implementation
     model.set_attn_implementation(inner)

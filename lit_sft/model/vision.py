@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -53,6 +53,7 @@ def packed_rope_positions(
     for length, images in zip(row_lengths, row_images, strict=True):
         end = start + length
         if images:
+            assert image_grid_thw is not None, "a row with images needs its image_grid_thw"
             positions, _ = rope_index(
                 input_ids[:, start:end],
                 mm_token_type_ids=token_types[:, start:end],
@@ -133,7 +134,9 @@ class VisionSFTModule(ProcessorOwner, SFTModule):
         # Checkpoints rebuild this processor from hparams; the initial copy is what Lightning compares with
         # the data module's (the same key with another value stops the run when hyperparameters are logged).
         self.hparams["processor_kwargs"] = self.processor_kwargs
-        self._hparams_initial["processor_kwargs"] = dict(self.processor_kwargs)
+        # Lightning sets it from outside the class (undeclared: nn.Module.__getattr__ types it Tensor | Module).
+        initial: dict[str, Any] = self._hparams_initial  # type: ignore[assignment]
+        initial["processor_kwargs"] = dict(self.processor_kwargs)
 
     def build_model(self) -> PreTrainedModel:
         """Load or randomly initialise the vision-language model."""
@@ -183,6 +186,7 @@ class VisionSFTModule(ProcessorOwner, SFTModule):
     @functools.cached_property
     def _accepted_inputs(self) -> set[str]:
         """The forward arguments of the model among `VISION_INPUTS`."""
+        assert self.model is not None, "call configure_model() first (the Trainer does)"
         parameters = inspect.signature(base_model(self.model).forward).parameters
         return {name for name in VISION_INPUTS if name in parameters}
 
@@ -190,9 +194,11 @@ class VisionSFTModule(ProcessorOwner, SFTModule):
     def _rope_index(self) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
         """The model's ``get_rope_index`` (multimodal rotary positions), if it has one; looked up once, not
         on every packed batch."""
+        assert self.model is not None, "call configure_model() first (the Trainer does)"
         for module in base_model(self.model).modules():
-            if callable(getattr(module, "get_rope_index", None)):
-                return module.get_rope_index
+            get_rope_index = getattr(module, "get_rope_index", None)
+            if callable(get_rope_index):
+                return get_rope_index
         return None
 
     def model_inputs(self, batch: VisionBatch) -> dict[str, Any]:  # type: ignore[override]
@@ -203,10 +209,12 @@ class VisionSFTModule(ProcessorOwner, SFTModule):
         if token_types is None and "row_lengths" in batch:  # a packed text-only batch: every token is text
             token_types = torch.zeros_like(batch["input_ids"])
             batch = {**batch, "mm_token_type_ids": token_types}
-        inputs.update({name: batch[name] for name in self._accepted_inputs if name in batch})
+        fields: Mapping[str, Any] = batch  # looked up by names known at run time
+        inputs.update({name: fields[name] for name in self._accepted_inputs if name in fields})
         if "row_lengths" in batch and "position_ids" in inputs:  # a packed batch
             rope_index = self._rope_index
             if rope_index is not None:
+                assert token_types is not None  # set above for every packed batch
                 inputs["position_ids"] = packed_rope_positions(
                     rope_index,
                     batch["input_ids"],

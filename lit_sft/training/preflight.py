@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
 from lit_sft.errors import ConfigError
 
@@ -104,6 +105,12 @@ def preflight(trainer: Any, model: Any, datamodule: Any) -> None:
         problems.append("model.liger_kernels needs a CUDA GPU")
     if getattr(getattr(model, "loss_options", None), "implementation", None) == "liger" and not on_gpu:
         problems.append("model.loss.implementation=liger needs a CUDA GPU; use chunked")
+    if getattr(model, "quantization", None) is not None:
+        from lit_sft.model.quantization import quantization_problems
+
+        problems += quantization_problems(on_gpu)
+        if isinstance(trainer.strategy, FSDPStrategy | ModelParallelStrategy):
+            problems.append("model.quantization (4-bit QLoRA) runs on one device or with DDP, not with FSDP")
     if getattr(datamodule, "packing", False) and attention not in PACKING_ATTENTION:
         problems.append(
             f"data.packing with model.attn_implementation={attention!r}: only {sorted(PACKING_ATTENTION)} are known "

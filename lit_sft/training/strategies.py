@@ -20,7 +20,7 @@ import functools
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
@@ -31,10 +31,13 @@ from lit_sft.hub import DTYPES
 from lit_sft.io import fsync_directory
 from lit_sft.model.hf import base_model
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 DType = Literal["bfloat16", "float16", "float32"]
 
 
-def decoder_layer_names(model: torch.nn.Module, configured: list[str] | None = None) -> set[str]:
+def decoder_layer_names(model: PreTrainedModel, configured: list[str] | None = None) -> set[str]:
     """Class names of the model's shardable units: ``configured``, else its ``_no_split_modules``.
 
     Raises:
@@ -147,7 +150,10 @@ class FSDPStrategyPreset(AtomicShardedCheckpoints, FSDPStrategy):
     def layer_names(self) -> set[str]:
         """The decoder layer class names of the model being wrapped (resolved once)."""
         if not hasattr(self, "_layer_names"):
-            self._layer_names = decoder_layer_names(self.lightning_module.model, self.layer_classes)
+            module = self.lightning_module
+            assert module is not None, "the strategy wraps layers of a connected LightningModule"
+            # An SFTModule attribute; nn.Module.__getattr__ types an unknown attribute as Tensor | Module.
+            self._layer_names = decoder_layer_names(module.model, self.layer_classes)  # type: ignore[arg-type]
         return self._layer_names
 
 
@@ -209,7 +215,7 @@ class FSDP2Strategy(AtomicShardedCheckpoints, ModelParallelStrategy):
             self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
 
-    def shard(self, model: torch.nn.Module) -> None:
+    def shard(self, model: PreTrainedModel) -> None:
         """Apply ``fully_shard`` to every decoder layer, then to the whole model (in place)."""
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 

@@ -47,11 +47,13 @@ def run_single(tmp_path, lora: bool, **options) -> dict:
     capture = worker.Capture()
     trainer = quiet_trainer(max_steps=1, callbacks=[capture])
     trainer.fit(module, datamodule=data)
-    return {"loss": float(trainer.callback_metrics["train/loss"]), "grads": capture.grads, "module": module}
+    metrics = {name: float(trainer.callback_metrics[f"train/{name}"]) for name in worker.METRICS}
+    return {**metrics, "grads": capture.grads, "module": module}
 
 
 def assert_same_step(distributed: dict, single: dict) -> None:
-    assert distributed["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    for name in worker.METRICS:
+        assert distributed[name] == pytest.approx(single[name], rel=1e-5), name
     assert distributed["grads"].keys() == single["grads"].keys()
     for name, grad in single["grads"].items():
         scale = float(grad.abs().max())

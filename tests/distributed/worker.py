@@ -108,7 +108,12 @@ def main() -> None:
     )
     trainer.fit(module, datamodule=data)
     if trainer.global_rank == 0:
-        torch.save({"loss": float(trainer.callback_metrics["train/loss"]), "grads": capture.grads}, args.out)
+        metrics = {name: float(trainer.callback_metrics[f"train/{name}"]) for name in METRICS}
+        torch.save({**metrics, "grads": capture.grads}, args.out)
+
+
+#: The per-step values compared across world sizes (per-token means over the step, all ranks together).
+METRICS = ("loss", "token_accuracy", "entropy")
 
 
 if __name__ == "__main__":

@@ -101,3 +101,65 @@ def test_lit_sft_export_converts_a_checkpoint(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         entry_point(["export", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "config_entry"),
+    [
+        ({"use_dora": True}, ("use_dora", True)),
+        ({"use_rslora": True}, ("use_rslora", True)),
+        ({"init_lora_weights": "gaussian"}, ("init_lora_weights", "gaussian")),
+        ({"init_lora_weights": "pissa"}, ("r", 8)),  # converted: a rank-2r LoRA on the original base
+        ({"init_lora_weights": "olora"}, ("r", 8)),
+        ({"layers_to_transform": [1]}, ("layers_to_transform", [1])),
+    ],
+    ids=["dora", "rslora", "gaussian", "pissa", "olora", "layers_to_transform"],
+)
+def test_each_lora_variant_exports_merged_and_as_an_adapter_that_give_the_trained_logits(
+    tmp_path, tiny_model_dir, options: dict, config_entry: tuple
+) -> None:
+    module, _ = train(
+        tmp_path,
+        callbacks=[HFExport(lora="both")],
+        model_config=None,
+        model_name_or_path=tiny_model_dir,
+        tokenizer_name_or_path=tiny_model_dir,
+        lora=LoraOptions(r=4, alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], **options),
+    )
+    expected = logits_of(module)
+    untrained = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(INPUT).logits
+    assert not torch.allclose(expected, untrained, atol=1e-3)  # the adapter did change the model
+    final = tmp_path / "run" / "hf" / "final"
+    merged = AutoModelForCausalLM.from_pretrained(final)
+    torch.testing.assert_close(merged(INPUT).logits, expected, rtol=1e-4, atol=1e-4)
+    with open(final / "adapter" / "adapter_config.json", encoding="utf-8") as handle:
+        adapter_config = json.load(handle)
+    name, value = config_entry
+    assert adapter_config[name] == value
+    adapted = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), final / "adapter"
+    )
+    torch.testing.assert_close(adapted(INPUT).logits, expected, rtol=1e-4, atol=1e-4)
+    if "layers_to_transform" in options:
+        adapted_layers = {
+            n.split(".layers.")[1].split(".")[0] for n, _ in module.model.named_parameters() if "lora_" in n
+        }
+        assert adapted_layers == {"1"}
+
+
+def test_a_pissa_checkpoint_exports_an_adapter_for_the_original_base(tmp_path, tiny_model_dir) -> None:
+    """From a checkpoint, the initial PiSSA adapter is rebuilt from the pretrained base to convert the export."""
+    module, trainer = train(
+        tmp_path,
+        model_config=None,
+        model_name_or_path=tiny_model_dir,
+        tokenizer_name_or_path=tiny_model_dir,
+        lora=LoraOptions(r=4, alpha=8, init_lora_weights="pissa"),
+    )
+    checkpoint = str(tmp_path / "pissa.ckpt")
+    trainer.save_checkpoint(checkpoint)
+    entry_point(["export", "--ckpt", checkpoint, "--out", str(tmp_path / "adapter"), "--lora", "adapter"])
+    adapted = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "adapter"
+    )
+    torch.testing.assert_close(adapted(INPUT).logits, logits_of(module), rtol=1e-4, atol=1e-4)
