@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -18,10 +19,11 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [module for module in model.modules() if type(module).__name__ in names]
 
 
-def compile_layers(model: torch.nn.Module) -> int:
+def compile_layers(model: torch.nn.Module, **options: Any) -> int:
     """Compile every decoder layer in place (``nn.Module.compile``): regional compilation, one graph that every
     layer of the same shape reuses, so compiling takes seconds rather than minutes; parameter names and
-    checkpoints are unchanged. Returns how many layers were compiled.
+    checkpoints are unchanged. ``options`` go to ``torch.compile`` (``backend``, ``mode``...). Returns how many
+    layers were compiled.
 
     Raises:
         ConfigError: When the model names no repeated blocks to compile.
@@ -32,7 +34,7 @@ def compile_layers(model: torch.nn.Module) -> int:
             f"model.torch_compile: {type(base_model(model)).__name__} names no decoder layers (_no_split_modules)"
         )
     for layer in layers:
-        layer.compile()
+        layer.compile(**options)
     return len(layers)
 
 

@@ -23,7 +23,9 @@ mask. What remains of transformers' mask preparation for them is its look for pa
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
+import itertools
 import logging
 from typing import Any
 
@@ -89,7 +91,11 @@ def resolve_attention(requested: str | None, packing: bool = False, on_cuda: boo
 
 def _repeat_heads(tensor: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
     """Key/value heads repeated for grouped-query attention (``dim`` is the head dimension)."""
-    return tensor if tensor.shape[dim] == heads else tensor.repeat_interleave(heads // tensor.shape[dim], dim=dim)
+    return (
+        tensor
+        if tensor.shape[dim] == heads
+        else tensor.repeat_interleave(heads // tensor.shape[dim], dim=dim)
+    )
 
 
 def _band(q_length: int, kv_length: int, sliding_window: int | None, device: torch.device) -> torch.Tensor:
@@ -183,6 +189,11 @@ def _varlen(
 
 
 @functools.cache
+def _has_flex_attention() -> bool:
+    return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+
+
+@functools.cache
 def _compiled_flex() -> Any:
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -247,7 +258,7 @@ def _rows(
     if offsets.device.type == "cpu" and query.device.type == "cpu":
         bounds = offsets.tolist()
         outputs = []
-        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        for start, end in itertools.pairwise(bounds):
             mask = _band(end - start, end - start, sliding_window, query.device) if sliding_window else None
             outputs.append(
                 F.scaled_dot_product_attention(
@@ -278,11 +289,7 @@ def packed_kernel(query: torch.Tensor, dropout: float = 0.0) -> str:
         return "sdpa"
     if query.dtype in (torch.float16, torch.bfloat16) and has_varlen_kernel():
         return "varlen"
-    if query.dtype in (torch.float16, torch.bfloat16, torch.float32):
-        try:
-            import torch.nn.attention.flex_attention  # noqa: F401
-        except ImportError:
-            return "sdpa"
+    if query.dtype in (torch.float16, torch.bfloat16, torch.float32) and _has_flex_attention():
         return "flex"
     return "sdpa"
 

@@ -18,7 +18,15 @@ from lit_sft.model.sequence_parallel import INNER_ATTENTION
 
 #: Attention implementations that keep packed rows apart (position_ids restarting, or the collator's row
 #: offsets for ``varlen``); ``auto`` resolves to one of them (`lit_sft.model.attention.resolve_attention`).
-PACKING_ATTENTION = {"auto", "sdpa", "varlen", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"}
+PACKING_ATTENTION = {
+    "auto",
+    "sdpa",
+    "varlen",
+    "eager",
+    "flash_attention_2",
+    "flash_attention_3",
+    "flex_attention",
+}
 
 
 def _writable(directory: str) -> str | None:

@@ -4,6 +4,7 @@ gradients); padded batches and generation equal to SDPA; the kernel adapter for 
 from __future__ import annotations
 
 import inspect
+import itertools
 
 import pytest
 import torch
@@ -117,7 +118,9 @@ def test_padded_batches_and_generation_match_sdpa() -> None:
         prompts, prompt_mask = ids[:2], mask[:2]
         options = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
         generated = sft.model.generate(prompts, attention_mask=prompt_mask, **options)
-        assert torch.equal(generated, reference.model.generate(prompts, attention_mask=prompt_mask, **options))
+        assert torch.equal(
+            generated, reference.model.generate(prompts, attention_mask=prompt_mask, **options)
+        )
 
 
 def rows_reference(query, key, value, offsets, causal=True):
@@ -129,12 +132,14 @@ def rows_reference(query, key, value, offsets, causal=True):
         F.scaled_dot_product_attention(
             *(t[start:end].transpose(0, 1) for t in (query, key, value)), is_causal=causal
         ).transpose(0, 1)
-        for start, end in zip(bounds[:-1], bounds[1:], strict=True)
+        for start, end in itertools.pairwise(bounds)
     ]
     return torch.cat(outputs)
 
 
-@pytest.mark.parametrize("release", ["2.9 (is_causal, no GQA, no scale)", "2.10+ (window_size, enable_gqa, scale)"])
+@pytest.mark.parametrize(
+    "release", ["2.9 (is_causal, no GQA, no scale)", "2.10+ (window_size, enable_gqa, scale)"]
+)
 def test_the_kernel_adapter_speaks_each_varlen_attn_signature(monkeypatch, release: str) -> None:
     """``varlen_attn`` changed its arguments between releases; a stand-in kernel with each signature (causal
     attention per row, no GQA unless asked) must give the per-row reference through `attention._varlen`."""
@@ -146,7 +151,17 @@ def test_the_kernel_adapter_speaks_each_varlen_attn_signature(monkeypatch, relea
         return rows_reference(query, key, value, cu_seq_q, causal=is_causal)
 
     def new_kernel(
-        query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False
+        query,
+        key,
+        value,
+        cu_seq_q,
+        cu_seq_k,
+        max_q,
+        max_k,
+        *,
+        scale=None,
+        window_size=(-1, -1),
+        enable_gqa=False,
     ):
         calls.append(window_size)
         assert enable_gqa == (key.shape[1] != query.shape[1])
@@ -160,7 +175,9 @@ def test_the_kernel_adapter_speaks_each_varlen_attn_signature(monkeypatch, relea
     query = torch.randn(12, 4, 8, generator=generator)
     key, value = torch.randn(12, 2, 8, generator=generator), torch.randn(12, 2, 8, generator=generator)
     offsets = row_offsets([5, 7])
-    output = attention._varlen(query, key, value, offsets, 7, scaling=8**-0.5, causal=True, sliding_window=None)
+    output = attention._varlen(
+        query, key, value, offsets, 7, scaling=8**-0.5, causal=True, sliding_window=None
+    )
     torch.testing.assert_close(output, rows_reference(query, key, value, offsets), rtol=1e-5, atol=1e-5)
     assert calls == [True] if release.startswith("2.9") else calls == [(-1, 0)]
 
@@ -173,9 +190,19 @@ def test_the_cpu_fallback_runs_each_row_on_its_own() -> None:
     layer = torch.nn.Module()
     layer.is_causal = True
     output, _ = varlen_attention_forward(
-        layer, query, key, value, None, cu_seq_lens_q=offsets, cu_seq_lens_k=offsets, max_length_q=5, max_length_k=5
+        layer,
+        query,
+        key,
+        value,
+        None,
+        cu_seq_lens_q=offsets,
+        cu_seq_lens_k=offsets,
+        max_length_q=5,
+        max_length_k=5,
     )
-    expected = rows_reference(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), offsets)
+    expected = rows_reference(
+        query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), offsets
+    )
     torch.testing.assert_close(output[0], expected, rtol=1e-5, atol=1e-5)
     assert attention.packed_kernel(query) == "sdpa"  # on CPU: the exact fallback
 

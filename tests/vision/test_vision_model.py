@@ -120,7 +120,9 @@ def test_chunked_and_plain_losses_agree_on_image_batches(processor_dir, tmp_path
 
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "varlen"])
-def test_packed_rows_give_the_padded_loss(processor_dir, tmp_path, monkeypatch, attn_implementation: str) -> None:
+def test_packed_rows_give_the_padded_loss(
+    processor_dir, tmp_path, monkeypatch, attn_implementation: str
+) -> None:
     """Each packed row gets the 3-D rotary positions it would have alone; the model's own positions for the
     pack (continuing across rows) would change the loss. ``varlen`` keeps the rows apart by the collator's
     offsets (3-D positions say nothing about where rows start)."""
