@@ -348,7 +348,8 @@ def report(results: dict[str, Any], smoke: bool) -> str:
         lines.append(f"not run: {gsm8k['skipped']}")
     else:
         lines.append("```\n" + json.dumps(gsm8k, indent=1) + "\n```")
-    lines += ["", "## Longest single sequence that trains (1.5B shape, varlen, bf16 autocast)", ""]
+    shape = "smoke-test shape, fp32" if smoke else "1.5B shape, bf16 autocast"
+    lines += ["", f"## Longest single sequence that trains (varlen, {shape})", ""]
     lines += ["| memory path | longest sequence | peak memory |", "| --- | ---: | ---: |"]
     for label, run in results["longest"].items():
         if "skipped" in run:
