@@ -133,7 +133,9 @@ def ulysses_attention(
         # Row offsets of the full sequence (cu_seq_lens_q/k from shard_batch) or, without them, its positions.
         kwargs["position_ids"] = context.position_ids
     kwargs.pop("is_causal", None)
-    output, _ = inner(module, query, key, value, mask, is_causal=False, **kwargs)
+    # Mask-based kernels get causality from the block-causal mask; variable-length ones need the flag.
+    causal = _takes_offsets(context.inner) and getattr(module, "is_causal", True)
+    output, _ = inner(module, query, key, value, mask, is_causal=causal, **kwargs)
     # (batch, full sequence, heads / size, dim) -> (batch, local sequence, heads, dim)
     return all_to_all(output, scatter_dim=1, gather_dim=2, group=context.group), None
 
