@@ -197,7 +197,8 @@ def _has_flex_attention() -> bool:
 def _compiled_flex() -> Any:
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    # Automatic dynamic shapes: packed batches differ in length, which must not recompile every batch.
+    return torch.compile(flex_attention)
 
 
 _FLEX_MASKS: dict[tuple[int, int, int | None, bool], Any] = {}
@@ -336,6 +337,8 @@ def varlen_attention_forward(
         and position_ids.shape[-1] == query.shape[2]
     ):
         offsets, longest = _offsets_from_positions(position_ids)
+        if offsets.numel() == 2:  # one row: plain causal attention (probes, unpacked single sequences)
+            offsets = None
     if offsets is None or query.shape[0] != 1 or key.shape[2] != query.shape[2]:
         kwargs.pop("position_ids", None)
         return _unpacked(
