@@ -407,7 +407,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--cpu-smoke", action="store_true", help="every step with tiny shapes on CPU")
-    parser.add_argument("--budget", type=float, default=420, help="seconds for all steps together")
+    parser.add_argument("--budget", type=float, default=360, help="seconds for all steps together")
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per throughput run")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--run-timeout", type=float, default=90, help="seconds one throughput run may take")

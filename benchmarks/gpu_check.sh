@@ -18,5 +18,5 @@ fi
 log=${OUT:-/tmp}/gpu_pytest.log
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 # The GPU tests first; their result goes into the log and the report, and the benchmarks run either way.
-timeout 150 python3 -m pytest tests/gpu -m gpu -q -x -p no:cacheprovider 2>&1 | tee "$log" | tail -25
+timeout 180 python3 -m pytest tests/gpu -m gpu -q -x -p no:cacheprovider 2>&1 | tee "$log" | tail -25
 python3 benchmarks/gpu_check.py "$@"
