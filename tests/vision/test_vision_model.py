@@ -230,7 +230,7 @@ def test_the_generic_packing_probe_is_a_text_only_vision_batch(processor_dir) ->
     model = module(processor_dir)
     model.configure_model()
     probe = packed_batch([torch.randint(0, 200, (1, n)) for n in (5, 7)])
-    assert set(probe) == {"input_ids", "position_ids", "row_lengths"}
+    assert set(probe) == {"input_ids", "position_ids", "row_lengths", "cu_seq_lens", "max_row_length"}
     explicit = {**probe, "mm_token_type_ids": torch.zeros_like(probe["input_ids"]), "row_images": [0, 0]}
     implicit_inputs, explicit_inputs = model.model_inputs(probe), model.model_inputs(explicit)
     assert implicit_inputs.keys() == explicit_inputs.keys() and "mm_token_type_ids" in implicit_inputs
