@@ -4,6 +4,7 @@ speed metrics. ``benchmarks/gpu_check.sh`` runs these first."""
 
 from __future__ import annotations
 
+import importlib.util
 from functools import partial
 
 import pytest
@@ -89,15 +90,15 @@ def test_bf16_training_learns(rows, precision: str) -> None:
 def test_chunked_plain_and_liger_losses_agree(rows) -> None:
     batch = first_batch(data(rows))
     values = {}
-    for name in ("chunked", "plain", "liger"):
-        if name == "liger":
-            pytest.importorskip("liger_kernel")
+    liger = importlib.util.find_spec("liger_kernel") is not None
+    for name in ("chunked", "plain", "liger") if liger else ("chunked", "plain"):
         sft = module(loss=LossOptions(implementation=name), liger_kernels=name == "liger").cuda()
         sft.configure_model()
         sft.model.cuda()
         values[name] = float(loss_of(sft, batch))
     assert values["plain"] == pytest.approx(values["chunked"], rel=1e-2)
-    assert values["liger"] == pytest.approx(values["chunked"], rel=2e-2)
+    if liger:
+        assert values["liger"] == pytest.approx(values["chunked"], rel=2e-2)
 
 
 def gradients(sft: SFTModule, dm: SFTDataModule) -> tuple[torch.Tensor, torch.Tensor]:
