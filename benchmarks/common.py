@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-GSM8K = os.path.join(HERE, "..", "..", "shared", "data", "gsm8k")
+#: The GSM8K files (train.jsonl, test.jsonl); LIT_SFT_GSM8K points elsewhere (the GPU check carries them).
+GSM8K = os.environ.get("LIT_SFT_GSM8K") or os.path.join(HERE, "..", "..", "shared", "data", "gsm8k")
 
 # Qwen2.5's ChatML template without tools: an implicit default system prompt, <|im_end|> closing turns.
 CHATML_TEMPLATE = (

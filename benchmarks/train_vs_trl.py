@@ -47,6 +47,14 @@ PRESETS: dict[str, dict] = {
         "max_length": 512, "rows_per_step": 8, "bf16": False,
         "label": "Qwen2-style model (hidden 256, 4 layers, BPE vocabulary 8,192, 7.4M parameters)",
     },
+    "smoke": {  # a few seconds per run on CPU: every code path of the GPU check, not a measurement
+        "model": {
+            "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "max_position_embeddings": 4096, "tie_word_embeddings": True,
+        },
+        "max_length": 256, "rows_per_step": 4, "bf16": False,
+        "label": "smoke-test model (hidden 64, 2 layers)",
+    },
     "0.5b": {
         "model": {
             "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
@@ -74,10 +82,35 @@ PEAK_FLOPS = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12
 CONFIGS = {
     "lit_sft, packed (max_length-token sequences)": ("lit_sft", {"packing": True}),
     "lit_sft, length-grouped padded": ("lit_sft", {"length_grouped": True}),
+    "lit_sft, padded": ("lit_sft", {}),
+    "lit_sft, packed, SDPA": ("lit_sft", {"packing": True, "attention": "sdpa"}),
+    "lit_sft, packed, varlen": ("lit_sft", {"packing": True, "attention": "varlen"}),
+    "lit_sft, packed, varlen + compile": (
+        "lit_sft",
+        {"packing": True, "attention": "varlen", "compile": True},
+    ),
+    "lit_sft, packed, varlen + Liger": ("lit_sft", {"packing": True, "attention": "varlen", "liger": True}),
+    "lit_sft, packed, varlen + checkpointing": (
+        "lit_sft",
+        {"packing": True, "attention": "varlen", "gradient_checkpointing": True},
+    ),
+    "lit_sft, ideal: full-length rows, no padding": (
+        "lit_sft",
+        {"packing": True, "attention": "varlen", "ideal": True},
+    ),
     "TRL SFTTrainer, default (padded)": ("trl", {}),
     "TRL SFTTrainer, group_by_length": ("trl", {"group_by_length": True}),
     "TRL SFTTrainer, packing (BFD, padding-free)": ("trl", {"packing": True}),
 }
+
+#: What a plain run compares (the GPU check, benchmarks/gpu_check.py, runs the others with --only).
+DEFAULT_CONFIGS = [
+    "lit_sft, packed (max_length-token sequences)",
+    "lit_sft, length-grouped padded",
+    "TRL SFTTrainer, default (padded)",
+    "TRL SFTTrainer, group_by_length",
+    "TRL SFTTrainer, packing (BFD, padding-free)",
+]
 
 
 def peak_memory_mb() -> float:
@@ -91,6 +124,7 @@ def packs_per_step(preset: dict) -> int:
 
 
 def attention_implementation() -> str:
+    """flash_attention_2 on a GPU with the flash-attn package, else sdpa (TRL's runs and lit_sft's by default)."""
     if torch.cuda.is_available():
         try:
             import flash_attn  # noqa: F401
@@ -143,6 +177,19 @@ def prepare(work: str, preset: dict) -> tuple[str, str]:
     return model_dir, tokenizer_dir
 
 
+def full_length_rows(max_length: int) -> str:
+    """GSM8K rows lengthened (answers of several questions one after another) and cut at ``max_length``:
+    every row fills a pack alone, so the run has neither padding nor row boundaries (the ideal)."""
+    rows = read_jsonl(TRAIN)
+    path = os.path.join(tempfile.mkdtemp(prefix="lit_sft_ideal_"), "train.jsonl")
+    with open(path, "w", encoding="utf-8") as handle:
+        for start in range(0, len(rows), 16):
+            group = rows[start : start + 16]
+            answer = "\n\n".join(row["question"] + "\n" + row["answer"] for row in group) * 2
+            handle.write(json.dumps({"question": group[0]["question"], "answer": answer}) + "\n")
+    return path
+
+
 def run_lit_sft(
     model_dir: str, options: dict, steps: int, warmup: int, preset: dict, args: argparse.Namespace
 ) -> dict:
@@ -153,12 +200,14 @@ def run_lit_sft(
     from lit_sft import LossOptions, SFTDataModule, SFTModule, WarmupDecayLR
 
     seed_everything(0)
+    liger = args.liger or bool(options.get("liger"))
     module = SFTModule(
         model_name_or_path=model_dir,
-        attn_implementation=attention_implementation(),
-        gradient_checkpointing=args.gradient_checkpointing,
-        liger_kernels=args.liger,
-        loss=LossOptions(implementation="liger" if args.liger else "chunked"),
+        attn_implementation=options.get("attention") or attention_implementation(),
+        gradient_checkpointing=args.gradient_checkpointing or bool(options.get("gradient_checkpointing")),
+        liger_kernels=liger,
+        torch_compile=bool(options.get("compile")),
+        loss=LossOptions(implementation="liger" if liger else "chunked"),
         optimizer=partial(torch.optim.AdamW, lr=LR, weight_decay=0.0, fused=True),
         lr_scheduler=partial(WarmupDecayLR, schedule="constant"),
     )
@@ -174,7 +223,7 @@ def run_lit_sft(
     else:
         data_options.update(batch_size=rows)
     data = SFTDataModule(
-        train_files=TRAIN,
+        train_files=full_length_rows(max_length) if options.get("ideal") else TRAIN,
         tokenizer_name_or_path=model_dir,
         prompt_key="question",
         response_key="answer",
@@ -335,7 +384,7 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="lit_sft_trl_")
     preset = PRESETS[args.preset]
     model_dir, _ = prepare(work, preset)
-    names = args.only or list(CONFIGS)
+    names = args.only or DEFAULT_CONFIGS
     results: dict[str, list[dict]] = {name: [] for name in names}
     for _ in range(args.repeats):
         for name in names:  # alternate configurations, one process each

@@ -33,6 +33,9 @@ class TextBatch(TypedDict, total=False):
         row_lengths: Lengths of the packed rows, in order (packed batches that need per-row work).
         shift_labels: ``labels`` shifted left by one over the whole sequence, before a sequence-parallel
             split (`lit_sft.model.sequence_parallel.shard_batch`; such batches only).
+        cu_seq_lens: Cumulative row offsets of a packed batch, ``[0, len0, len0 + len1, ...]`` (int32, computed
+            on the host): what variable-length attention kernels take instead of a mask.
+        max_row_length: The longest packed row. A plain int.
     """
 
     input_ids: torch.Tensor
@@ -45,6 +48,8 @@ class TextBatch(TypedDict, total=False):
     step_tokens: int
     row_lengths: list[int]
     shift_labels: torch.Tensor
+    cu_seq_lens: torch.Tensor
+    max_row_length: int
 
 
 class VisionBatch(TextBatch, total=False):
@@ -88,12 +93,23 @@ def target_positions(
     return (hidden if shifted else hidden[:, :-1])[mask], next_labels[mask]
 
 
+def row_offsets(row_lengths: Sequence[int]) -> torch.Tensor:
+    """Cumulative offsets ``[0, len0, len0 + len1, ...]`` of packed rows (int32, as the attention kernels take
+    them): a packed batch's ``cu_seq_lens``."""
+    offsets = torch.zeros(len(row_lengths) + 1, dtype=torch.int32)
+    offsets[1:] = torch.cumsum(torch.as_tensor(list(row_lengths), dtype=torch.int32), dim=0)
+    return offsets
+
+
 def packed_batch(rows: Sequence[torch.Tensor]) -> TextBatch:
     """Rows ``(1, length)`` packed as the data side packs them: one ``(1, total)`` sequence, positions
     restarting per row, no attention mask. The probe of the packing check (`lit_sft.model.hf`)."""
     device = rows[0].device
+    lengths = [int(row.shape[1]) for row in rows]
     return {
         "input_ids": torch.cat(list(rows), dim=1),
         "position_ids": torch.cat([torch.arange(row.shape[1], device=device) for row in rows])[None],
-        "row_lengths": [int(row.shape[1]) for row in rows],
+        "row_lengths": lengths,
+        "cu_seq_lens": row_offsets(lengths).to(device),
+        "max_row_length": max(lengths),
     }

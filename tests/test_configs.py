@@ -90,6 +90,7 @@ def test_recipe_builds_with_a_tiny_stand_in_model_and_reads_its_data(
     names = {type(callback).__name__ for callback in cli.trainer.callbacks}
     assert {"GSM8KEvaluation", "HFExport", "EarlyStopping", "ModelCheckpoint"} <= names or "multiturn" in path
     assert {"HFExport", "EarlyStopping", "ModelCheckpoint"} <= names
+    assert {"RunSummary", "TrainingThroughput"} <= names  # the CLI's own, beside each config's
     if "lora" in path:
         trainable = {n for n, p in cli.model.named_parameters() if p.requires_grad}
         assert trainable and all("lora_" in n for n in trainable)

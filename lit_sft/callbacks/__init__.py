@@ -4,5 +4,6 @@ from lit_sft.callbacks.global_step import GlobalStepCheckpoint
 from lit_sft.callbacks.gsm8k import GSM8KEvaluation
 from lit_sft.callbacks.hf_export import HFExport
 from lit_sft.callbacks.summary import RunSummary
+from lit_sft.callbacks.throughput import TrainingThroughput
 
-__all__ = ["GSM8KEvaluation", "GlobalStepCheckpoint", "HFExport", "RunSummary"]
+__all__ = ["GSM8KEvaluation", "GlobalStepCheckpoint", "HFExport", "RunSummary", "TrainingThroughput"]

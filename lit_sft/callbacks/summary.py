@@ -1,4 +1,5 @@
-"""`RunSummary`: the closing summary of a run (first and last validation metrics, time, tokens, files)."""
+"""`RunSummary`: the closing summary of a run (first and last validation metrics, time, tokens, throughput and
+memory, files)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
+
+from lit_sft.callbacks.throughput import TrainingThroughput
 
 log = logging.getLogger("lit_sft")
 
@@ -126,6 +129,11 @@ class RunSummary(Callback):
         trained = trainer.callback_metrics.get("train/trained_tokens_seen")
         if tokens is not None and trained is not None:
             lines.append(f"tokens seen: {int(tokens):,} ({int(trained):,} trained)")
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]  # speed and memory, where measured
+            if isinstance(callback, TrainingThroughput) and trainer.state.fn == TrainerFn.FITTING:
+                speed = callback.summary(trainer)
+                if speed:
+                    lines.append(speed)
         checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or getattr(
             trainer.checkpoint_callback, "best_model_path", ""
         )

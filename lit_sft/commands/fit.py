@@ -19,7 +19,7 @@ from jsonargparse import lazy_instance
 from lightning.pytorch.cli import ArgsType, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
-from lit_sft.callbacks import RunSummary
+from lit_sft.callbacks import RunSummary, TrainingThroughput
 from lit_sft.callbacks.preemption import Preempted, Preemption
 from lit_sft.data import SFTDataModule
 from lit_sft.errors import LitSFTError
@@ -111,7 +111,7 @@ def main(args: ArgsType = None, run: bool = True) -> SFTCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         trainer_defaults={
-            "callbacks": [RunSummary(), Preemption()],
+            "callbacks": [RunSummary(), Preemption(), TrainingThroughput()],
             "logger": lazy_instance(CSVLogger, save_dir="runs", name="lit_sft"),
             "plugins": [{"class_path": "lit_sft.training.checkpoint_io.AtomicCheckpointIO"}],
         },

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lit_sft.batch import IGNORE_INDEX, TextBatch
+from lit_sft.batch import IGNORE_INDEX, TextBatch, row_offsets
 
 
 class PaddingCollator:
@@ -49,12 +49,17 @@ class PackedCollator:
     when no ``attention_mask`` is given and no KV cache is used. Each row's first label is masked: it
     would otherwise be "predicted" from the previous row's last token (in a padded batch a row's first
     label is never a target either, so packed and padded losses are equal).
+
+    The rows' offsets (``cu_seq_lens``) and the longest row (``max_row_length``) are computed here, on the
+    host, for variable-length attention kernels (`lit_sft.model.attention`): the forward pass then never asks
+    the device where rows start.
     """
 
     def __call__(
         self, input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]]
     ) -> TextBatch:
-        """Pack ``input_ids`` and ``labels`` (lists of rows) into ``input_ids``, ``labels``, ``position_ids``."""
+        """Pack ``input_ids`` and ``labels`` (lists of rows) into ``input_ids``, ``labels``, ``position_ids``,
+        ``cu_seq_lens`` and ``max_row_length``."""
         ids = torch.as_tensor([token for row in input_ids for token in row], dtype=torch.long)
         row_labels = [torch.as_tensor(row, dtype=torch.long) for row in labels]
         for row in row_labels:
@@ -64,6 +69,8 @@ class PackedCollator:
             "input_ids": ids[None],
             "labels": torch.cat(row_labels)[None],
             "position_ids": positions[None],
+            "cu_seq_lens": row_offsets([len(row) for row in input_ids]),
+            "max_row_length": max(len(row) for row in input_ids),
         }
 
 

@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from lit_sft.errors import ConfigError
 from lit_sft.gguf import check_local_path, is_gguf, load_gguf_model
 from lit_sft.hub import torch_dtype
+from lit_sft.model.attention import resolve_attention
 from lit_sft.model.hf import base_model
 
 if TYPE_CHECKING:
@@ -109,7 +110,8 @@ def load_kwargs(
     """Keyword arguments for ``from_pretrained`` / ``from_config`` (``trust_remote_code`` included)."""
     kwargs = {"trust_remote_code": trust_remote_code, **model_kwargs}
     if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+        # ``auto`` not yet resolved for a run (a model rebuilt for export): sdpa
+        kwargs["attn_implementation"] = resolve_attention(attn_implementation)
     if dtype != "auto":
         kwargs["dtype"] = torch_dtype(dtype, "model.dtype")
     return kwargs

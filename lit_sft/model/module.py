@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 from transformers import PreTrainedModel
@@ -21,6 +22,8 @@ from lit_sft.batch import TextBatch
 from lit_sft.errors import ConfigError
 from lit_sft.hub import DTypeName, TokenizerOwner, torch_dtype
 from lit_sft.model import sequence_parallel
+from lit_sft.model.acceleration import compile_layers, offload_activations
+from lit_sft.model.attention import READS_ROW_OFFSETS, offsets_kwargs, resolve_attention
 from lit_sft.model.build import (
     LoraOptions,
     build_causal_lm,
@@ -79,7 +82,9 @@ class SFTModule(TokenizerOwner, LightningModule):
             is a byte-level ChatML tokenizer that needs no download.
         chat_template: A Jinja chat template (text or ``.jinja`` file) replacing the tokenizer's own.
         dtype: Weight dtype when loading (``float32`` suits mixed precision; ``auto`` keeps the checkpoint's).
-        attn_implementation: ``sdpa``, ``eager``, ``flash_attention_2`` or ``flex_attention``.
+        attn_implementation: ``auto`` (default: on a CUDA GPU with packed batches ``flash_attention_2`` when the
+            flash-attn package is installed, else ``varlen``, PyTorch's own variable-length attention; ``sdpa``
+            otherwise), ``sdpa``, ``varlen``, ``eager``, ``flash_attention_2`` or ``flex_attention``.
         trust_remote_code: Allow models and tokenizers with custom code.
         model_kwargs: Further keyword arguments for ``from_pretrained`` / ``from_config``.
         dropout: Set every dropout probability of the model config (attention, hidden, residual...) to this.
@@ -99,6 +104,10 @@ class SFTModule(TokenizerOwner, LightningModule):
             the global torch RNG, whose state checkpoints carry, so resumed runs stay exact. Typical: 5.
         skip_nonfinite_steps: How many optimizer steps with a non-finite loss or gradient norm to skip (their
             update is dropped, and they are counted) before the run stops with an error naming the step.
+        torch_compile: Compile each decoder layer with ``torch.compile`` (regional compilation: short compile
+            times, one graph reused by every layer).
+        activation_offloading: Keep the activations saved for the backward pass in CPU memory instead of the
+            GPU's (long sequences; costs transfer time).
         sequence_parallel_size: Split each packed sequence across this many ranks (Ulysses all-to-all
             attention), for sequences too long for one device; needs ``data.packing`` and head counts
             divisible by it. The ranks of a group share micro-batches.
@@ -120,7 +129,7 @@ class SFTModule(TokenizerOwner, LightningModule):
         tokenizer_name_or_path: str | None = None,
         chat_template: str | None = None,
         dtype: DTypeName = "float32",
-        attn_implementation: str | None = "sdpa",
+        attn_implementation: str | None = "auto",
         trust_remote_code: bool = False,
         model_kwargs: dict[str, Any] | None = None,
         dropout: float | None = None,
@@ -131,6 +140,8 @@ class SFTModule(TokenizerOwner, LightningModule):
         loss: LossOptions | None = None,
         neftune_noise_alpha: float | None = None,
         skip_nonfinite_steps: int = 0,
+        torch_compile: bool = False,
+        activation_offloading: bool = False,
         sequence_parallel_size: int = 1,
         optimizer: OptimizerCallable = SFTAdamW,
         lr_scheduler: LRSchedulerCallable | None = WarmupDecayLR,
@@ -194,6 +205,8 @@ class SFTModule(TokenizerOwner, LightningModule):
         self.liger_kernels = liger_kernels
         self.loss_options = loss_options
         self.neftune_noise_alpha = neftune_noise_alpha
+        self.torch_compile = torch_compile
+        self.activation_offloading = activation_offloading
         self.sequence_parallel_size = sequence_parallel_size
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -253,6 +266,11 @@ class SFTModule(TokenizerOwner, LightningModule):
         """Build the model once: load, then gradient checkpointing, then LoRA adapters; choose the loss."""
         if self.model is not None:
             return
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        on_cuda = self._trainer is not None and isinstance(self._trainer.accelerator, CUDAAccelerator)
+        self.attn_implementation = resolve_attention(
+            self.attn_implementation, getattr(datamodule, "packing", False), on_cuda
+        )
         # Lightning may call this inside inference mode (``validate`` before ``fit``); parameters made there
         # would be inference tensors that can never train.
         with torch.inference_mode(False):
@@ -268,9 +286,10 @@ class SFTModule(TokenizerOwner, LightningModule):
                 self.sequence_parallel_size,
                 self.attn_implementation,
             )
-            datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
             if getattr(datamodule, "packing", False):
                 check_packed_attention(model, self.attn_implementation, self.model_inputs)
+            if self.torch_compile:  # after the probes (no compiling for their shapes), before sharding
+                compile_layers(model)
             strategy = self._trainer.strategy if self._trainer is not None else None
             shard = getattr(strategy, "shard", None)
             if shard is not None:  # FSDP2: shard after LoRA so adapters live in their layers' units
@@ -310,9 +329,12 @@ class SFTModule(TokenizerOwner, LightningModule):
     def model_inputs(self, batch: TextBatch) -> dict[str, Any]:
         """The batch's model inputs besides ``input_ids``: attention mask and positions where present
         (subclasses add more: pixel values for vision models)."""
-        return {
+        inputs = {
             name: batch[name] for name in ("attention_mask", "position_ids") if batch.get(name) is not None
         }
+        if batch.get("cu_seq_lens") is not None and self.attn_implementation in READS_ROW_OFFSETS:
+            inputs.update(offsets_kwargs(batch["cu_seq_lens"], batch["max_row_length"]))
+        return inputs
 
     def compute_loss_sum(self, batch: TextBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum of token losses over the batch's targets, and the number of targets.
@@ -339,7 +361,7 @@ class SFTModule(TokenizerOwner, LightningModule):
                 "step) for the per-token mean loss; build dataloaders with lit_sft.data.MicroBatchSampler and "
                 "MicroBatchDataset, as SFTDataModule does"
             )
-        with self.neftune.noisy():
+        with self.neftune.noisy(), offload_activations(self.activation_offloading):
             loss_sum, _ = self.compute_loss_sum(batch)
         metric_sums = self.token_loss.take_metrics() if self.token_loss is not None else None
         step_trained_tokens = int(batch["step_trained_tokens"])

@@ -8,7 +8,9 @@ position, labels are shifted before the split (a slice's last token predicts the
 each rank's loss is a partial sum that the per-step normalisation adds up with everything else.
 
 The ranks of a group see the same micro-batches: the data-parallel size is ``world / sequence_parallel_size``.
-It works with transformers' ``sdpa``, ``eager`` and ``flash_attention_2`` kernels as the inner attention.
+It works with transformers' ``sdpa``, ``eager`` and ``flash_attention_2`` kernels and lit_sft's ``varlen``
+(`lit_sft.model.attention`) as the inner attention; the variable-length kernels get the full sequence's row
+offsets instead of a mask.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 _GROUPS: dict[int, Any] = {}
+#: Attention implementations Ulysses can run inside.
+INNER_ATTENTION = ("sdpa", "varlen", "eager", "flash_attention_2", "flash_attention_3")
 
 
 def sequence_parallel_group(size: int) -> Any:
@@ -130,12 +134,20 @@ def ulysses_attention(
     else:
         inner = ALL_ATTENTION_FUNCTIONS[context.inner]
         mask = context.mask
-    if context.inner.startswith("flash"):
+    if _takes_offsets(context.inner):
+        # Row offsets of the full sequence (cu_seq_lens_q/k from shard_batch) or, without them, its positions.
         kwargs["position_ids"] = context.position_ids
     kwargs.pop("is_causal", None)
-    output, _ = inner(module, query, key, value, mask, is_causal=False, **kwargs)
+    # Mask-based kernels get causality from the block-causal mask; variable-length ones need the flag.
+    causal = _takes_offsets(context.inner) and getattr(module, "is_causal", True)
+    output, _ = inner(module, query, key, value, mask, is_causal=causal, **kwargs)
     # (batch, full sequence, heads / size, dim) -> (batch, local sequence, heads, dim)
     return all_to_all(output, scatter_dim=1, gather_dim=2, group=context.group), None
+
+
+def _takes_offsets(inner: str) -> bool:
+    """Whether ``inner`` is a variable-length kernel (row offsets or positions) rather than a mask-based one."""
+    return inner.startswith("flash") or inner == "varlen"
 
 
 def _no_mask(*args: Any, **kwargs: Any) -> None:
@@ -147,9 +159,9 @@ def enable(model: PreTrainedModel, inner: str) -> str:
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    if inner not in ("sdpa", "eager", "flash_attention_2", "flash_attention_3"):
+    if inner not in INNER_ATTENTION:
         raise ConfigError(
-            f"sequence parallelism works with sdpa, eager or flash_attention_2/3, not {inner!r}"
+            f"sequence parallelism works with sdpa, varlen, eager or flash_attention_2/3, not {inner!r}"
         )
     name = f"ulysses_{inner}"
     ALL_ATTENTION_FUNCTIONS.register(name, ulysses_attention)
@@ -189,10 +201,17 @@ def shard_batch(batch: TextBatch, group: Any, inner: str) -> dict[str, Any]:
         group=group,
         inner=inner,
         position_ids=position_ids,
-        mask=None if inner.startswith("flash") else block_causal_mask(position_ids),
+        mask=None if _takes_offsets(inner) else block_causal_mask(position_ids),
     )
+    offsets = {}
+    if batch.get("cu_seq_lens") is not None:  # the full sequence's rows, the padding row included
+        cu_seq_lens = batch["cu_seq_lens"]
+        if padding:
+            cu_seq_lens = torch.cat([cu_seq_lens, cu_seq_lens[-1:] + padding])
+        offsets = {"cu_seq_lens": cu_seq_lens, "max_row_length": max(int(batch["max_row_length"]), padding)}
     return {
         **batch,
+        **offsets,
         "input_ids": input_ids[:, piece],
         "position_ids": position_ids[:, piece],
         "shift_labels": shift_labels[:, piece],

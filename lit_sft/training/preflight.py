@@ -15,9 +15,19 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
 from lit_sft.errors import ConfigError
+from lit_sft.model.sequence_parallel import INNER_ATTENTION
 
-#: Attention implementations of transformers that keep packed rows apart (position_ids restarting).
-PACKING_ATTENTION = {"sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"}
+#: Attention implementations that keep packed rows apart (position_ids restarting, or the collator's row
+#: offsets for ``varlen``); ``auto`` resolves to one of them (`lit_sft.model.attention.resolve_attention`).
+PACKING_ATTENTION = {
+    "auto",
+    "sdpa",
+    "varlen",
+    "eager",
+    "flash_attention_2",
+    "flash_attention_3",
+    "flex_attention",
+}
 
 
 def _writable(directory: str) -> str | None:
@@ -125,9 +135,9 @@ def preflight(trainer: Any, model: Any, datamodule: Any) -> None:
             problems.append(
                 f"model.sequence_parallel_size={sequence} must divide the number of processes ({trainer.world_size})"
             )
-        if attention not in ("sdpa", "eager", "flash_attention_2", "flash_attention_3"):
+        if attention != "auto" and attention not in INNER_ATTENTION:
             problems.append(
-                f"model.sequence_parallel_size > 1 works with sdpa, eager or flash_attention_2/3, not {attention!r}"
+                f"model.sequence_parallel_size > 1 works with {', '.join(INNER_ATTENTION)}, not {attention!r}"
             )
 
     has_val = bool(getattr(datamodule, "val_files", None)) or getattr(datamodule, "val_ratio", 0) > 0

@@ -85,7 +85,7 @@ def test_fsdp2_on_two_processes_equals_one_process(tmp_path, lora: bool) -> None
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("strategy", "attention"), [("ddp", "sdpa"), ("fsdp2", "eager")])
+@pytest.mark.parametrize(("strategy", "attention"), [("ddp", "sdpa"), ("fsdp2", "eager"), ("ddp", "varlen")])
 def test_sequence_parallel_equals_the_unsplit_sequence(tmp_path, strategy: str, attention: str) -> None:
     """Ulysses: one packed sequence of 8 rows split across 2 ranks (all-to-all attention) gives the loss and
     gradients of the whole sequence on one process."""
