@@ -351,7 +351,7 @@ class TokenizedSource:
         status = self.statuses[position]
         skip = "set data.skip_invalid_rows=true to drop such rows and count them"
         hint = {
-            "template_not_prefix_stable": "Set data.rewritten_turns=split (the default), or " + skip,
+            "template_not_prefix_stable": "Or " + skip,
             "template_generation_prompt": "Set model.chat_template to a template that does, or " + skip,
             "template_dropped_content": "Set data.strict_template=false to keep and count such rows, or "
             + skip,

@@ -342,8 +342,8 @@ def _not_prefix_stable(field: str, index: int) -> InvalidRow:
     return InvalidRow(
         f"{field}[{index}]",
         "the chat template renders this assistant turn differently when later messages follow (it rewrites "
-        "history, as Qwen3 does with <think> blocks), so it cannot be trained in the same row as them; "
-        "set data.rewritten_turns=split to train it in a row that ends with it",
+        "history, as Qwen3 does with <think> blocks), so it cannot be trained in the same row as them; set "
+        "data.rewritten_turns=split (the default) to train it in a row that ends with it",
         kind="template_not_prefix_stable",
     )
 
