@@ -2,7 +2,7 @@
 
 from lit_sft.callbacks.gsm8k import GSM8KEvaluation
 from lit_sft.callbacks.hf_export import HFExport
-from lit_sft.callbacks.progress import StepProgressBar
+from lit_sft.callbacks.progress import StepProgressBar, StepRichProgressBar
 from lit_sft.callbacks.summary import RunSummary
 
-__all__ = ["GSM8KEvaluation", "HFExport", "RunSummary", "StepProgressBar"]
+__all__ = ["GSM8KEvaluation", "HFExport", "RunSummary", "StepProgressBar", "StepRichProgressBar"]
