@@ -354,7 +354,8 @@ def tokenize_split(
         num_proc: Processes for ``datasets.map``.
 
     Returns:
-        The kept rows (columns ``input_ids``, ``labels``, ``num_tokens``, ``num_trained``), or None when
+        The kept rows (columns ``input_ids``, ``labels``, ``num_tokens``, ``num_trained``,
+        ``original_length``), or None when
         there are no rows, and the split's summary.
 
     Raises:
@@ -389,7 +390,10 @@ def tokenize_split(
             continue
         kept = part.tokenized.select(keep) if len(keep) < len(part.tokenized) else part.tokenized
         parts.append(
-            kept.select_columns(["input_ids", "labels", "num_tokens", "num_trained", *part.extra_columns])
+            kept.select_columns(
+                # original_length: what truncation cut, for `lit_sft.data.highlight`
+                ["input_ids", "labels", "num_tokens", "num_trained", "original_length", *part.extra_columns]
+            )
         )
     if not parts:
         return None, summary
