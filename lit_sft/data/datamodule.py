@@ -205,12 +205,8 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
     def preflight_problems(self) -> list[str]:
         """Problems visible before reading any data: local data files that do not exist."""
         problems = []
-        for key in ("train_files", "val_files"):
-            specs = (
-                [file for source in self.data_sources for file in expand_specs(source.files)]
-                if key == "train_files"
-                else getattr(self, key)
-            )
+        groups = [("train_files", source.files) for source in self.data_sources]
+        for key, specs in [*groups, ("val_files", self.val_files)]:
             try:
                 for spec in expand_specs(specs):
                     if is_local_path(spec) and not os.path.exists(os.path.expanduser(spec)):

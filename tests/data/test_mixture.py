@@ -194,3 +194,15 @@ def test_the_mixture_recipe_parses_into_sources(tiny_model_dir, tmp_path, two_so
     cli.datamodule.setup("fit")
     summary = cli.datamodule.summaries["train"]
     assert (summary.sources["gsm8k"].rows_per_epoch, summary.sources["chat"].rows_per_epoch) == (29, 9)
+
+
+def test_the_start_up_check_names_every_sources_missing_files(tmp_path, two_sources) -> None:
+    math, _ = two_sources
+    missing = str(tmp_path / "missing.jsonl")
+    dm = mixture(
+        tmp_path,
+        [DataSource(str(tmp_path / "none-*.jsonl"), weight=1), DataSource([math, missing], weight=1)],
+    )
+    problems = dm.preflight_problems()
+    assert len(problems) == 2
+    assert "none-*.jsonl" in problems[0] and problems[1] == f"data.train_files: {missing}: no such file"
