@@ -51,3 +51,8 @@ def test_compare_runs_notebook_plots_both_runs(tmp_path) -> None:
     text = text_of(outputs)
     assert "full: " in text and "lora: " in text and "GSM8K strict accuracy" in text
     assert any("image/png" in output.get("data", {}) for output in outputs), "the plots were not drawn"
+    # Each run's export carries a model card with the run's configuration and its GSM8K accuracy.
+    for run in ("full", "lora"):
+        card = (tmp_path / "notebooks" / "runs" / "compare" / run / "hf" / "final" / "README.md").read_text()
+        assert "| GSM8K accuracy (strict) |" in card and "The run's configuration:" in card
+        assert ('| model.lora | {"r": 8' in card) == (run == "lora")
