@@ -92,6 +92,7 @@ def test_card_metadata_names_hub_models_and_datasets_and_reports_gsm8k_accuracy(
              "rows_per_epoch": None},
         ],
         metrics={"val/loss": 0.5, "val/gsm8k_acc_strict": 0.4125},
+        hyperparameters={"data._class_path": "lit_sft.SFTDataModule", "data.batch_size": 4, "data.cache_dir": None},
         config="trainer:\n  max_steps: 10\n",
         command="lit-sft fit --config run.yaml",
     )  # fmt: skip
@@ -102,3 +103,4 @@ def test_card_metadata_names_hub_models_and_datasets_and_reports_gsm8k_accuracy(
     assert metadata["pipeline_tag"] == "text-generation"
     assert "| GSM8K accuracy (strict) | 41.25% |" in text
     assert "```bash\nlit-sft fit --config run.yaml\n```" in text and "max_steps: 10" in text
+    assert "| data.batch_size | 4 |" in text and "_class_path" not in text and "cache_dir" not in text

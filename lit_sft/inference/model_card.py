@@ -228,13 +228,14 @@ def render_card(info: ModelCardInfo, *, library_name: str = "transformers") -> s
     for key, value in info.tokens_seen.items():
         lines.append(f"- {key.replace('_', ' ')}: {value:,}")
     if info.hyperparameters:
-        lines += ["", "Hyper-parameters:", ""]
+        lines += ([""] if lines[-1] else []) + ["Hyper-parameters:", ""]
         lines += _table(
             ["name", "value"],
             [
                 [name, json.dumps(_plain(value))]
                 for name, value in sorted(info.hyperparameters.items())
-                if value is not None  # unset options are their documented defaults
+                # Unset options are their documented defaults; `_class_path`... are LightningCLI's bookkeeping.
+                if value is not None and not name.split(".")[-1].startswith("_")
             ],
         )
     lines += ["", "## Results", ""]
@@ -254,7 +255,8 @@ def render_card(info: ModelCardInfo, *, library_name: str = "transformers") -> s
         if info.command:
             lines += ["```bash", info.command, "```"]
         if info.config:
-            lines += ["", "The run's configuration:", "", "```yaml", info.config.rstrip(), "```"]
+            lines += [""] if info.command else []
+            lines += ["The run's configuration:", "", "```yaml", info.config.rstrip(), "```"]
     body = "\n".join(lines) + "\n"
     card = ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{body}")  # validates the metadata block
     return str(card)
