@@ -206,3 +206,16 @@ def test_the_start_up_check_names_every_sources_missing_files(tmp_path, two_sour
     problems = dm.preflight_problems()
     assert len(problems) == 2
     assert "none-*.jsonl" in problems[0] and problems[1] == f"data.train_files: {missing}: no such file"
+
+
+def test_source_options_are_documented_in_the_help(capsys) -> None:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(SFTDataModule, "data")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--data.train_files.help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--data.train_files.weight WEIGHT Share of each epoch's training rows" in text
+    assert "--data.train_files.replacement {true,false} Draw the source's share with replacement" in text
+    assert "--data.train_files.system_prompt SYSTEM_PROMPT A system message" in text
