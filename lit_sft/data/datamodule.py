@@ -17,8 +17,8 @@ from lit_sft.data.collate import PackedCollator, PaddingCollator
 from lit_sft.data.conversation import AssistantTurns, FormatOptions, RowFormat
 from lit_sft.data.dataloader import MicroBatchDataset, ResumableDataLoader
 from lit_sft.data.mixture import (
-    DataSource,
     MixturePlan,
+    SourceSpec,
     as_plain,
     cap_positions,
     data_sources,
@@ -58,10 +58,13 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
     Args:
         train_files: Training data: parquet/jsonl/json/csv files (globs allowed), a dataset directory, or
             a Hub dataset id (``openai/gsm8k``, optionally with a split: ``openai/gsm8k:train``); or a list
-            of sources, each a path or a `DataSource` (``{files, weight, max_samples, format, prompt_key,
-            ..., system_prompt}``): a weighted mixture whose sources take ``weight / sum of weights`` of each
-            epoch's rows (see `lit_sft.data.mixture` for how rows are drawn). Each source is counted in the
-            split summary.
+            of sources, each a path or a mapping with the keys of `lit_sft.data.DataSource` (a `DataSource`
+            from Python): ``files``; ``name``; ``weight``, the source's share of each epoch's rows relative to
+            the other sources' weights (give every source a weight, or none); ``replacement``, draw that
+            share with replacement instead of whole passes plus a random subset; ``max_samples``, its first
+            rows only; and its own ``format``, ``prompt_key``, ``response_key``, ``messages_key``,
+            ``tools_key``, ``assistant_turns``, ``system_prompt`` (unset: this module's). See
+            `lit_sft.data.mixture` for how rows are drawn. Each source is counted in the split summary.
         val_files: Validation data, in the same forms. When absent, ``val_ratio`` of the training rows are
             held out.
         tokenizer_name_or_path: The tokenizer (a Hub id, a local directory, or ``builtin:byte-chatml``).
@@ -109,7 +112,7 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
 
     def __init__(
         self,
-        train_files: str | list[str | DataSource],
+        train_files: str | list[str | SourceSpec],
         val_files: str | list[str] | None = None,
         tokenizer_name_or_path: str | None = None,
         chat_template: str | None = None,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, Required, TypedDict
 
 import numpy as np
 
@@ -94,6 +94,28 @@ class DataSource:
         return replace(defaults, **overrides)
 
 
+class SourceSpec(TypedDict, total=False):
+    """A `DataSource` as a config writes it: the same keys (``files`` required), checked by jsonargparse.
+
+    ``data.train_files`` is typed with this rather than with `DataSource` because jsonargparse reads a
+    dataclass-typed value that names an existing file as a config file: a plain ``train.csv`` given on the
+    command line would be replaced by its contents.
+    """
+
+    files: Required[str | list[str]]
+    name: str | None
+    weight: float | None
+    replacement: bool
+    max_samples: int | None
+    format: RowFormat | None
+    prompt_key: str | None
+    response_key: str | None
+    messages_key: str | None
+    tools_key: str | None
+    assistant_turns: AssistantTurns | None
+    system_prompt: str | None
+
+
 @dataclass
 class LabeledSource(Source):
     """A loaded `Source` that knows which `DataSource` it belongs to and how to read its rows.
@@ -126,6 +148,11 @@ def data_sources(train_files: TrainFiles) -> list[DataSource]:
         if isinstance(entry, str):
             entry = DataSource(files=entry)
         elif isinstance(entry, dict):
+            unknown = sorted(set(entry) - {field.name for field in fields(DataSource)})
+            if unknown or "files" not in entry:
+                raise ConfigError(
+                    f"data.train_files: a source needs 'files' and takes only DataSource's keys; got {sorted(entry)}"
+                )
             entry = DataSource(**entry)
         if not entry.files:
             raise ConfigError(f"data.train_files: the source {entry.label!r} has no files")

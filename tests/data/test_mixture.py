@@ -214,8 +214,32 @@ def test_source_options_are_documented_in_the_help(capsys) -> None:
     parser = ArgumentParser()
     parser.add_class_arguments(SFTDataModule, "data")
     with pytest.raises(SystemExit):
-        parser.parse_args(["--data.train_files.help"])
+        parser.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--data.train_files.weight WEIGHT Share of each epoch's training rows" in text
-    assert "--data.train_files.replacement {true,false} Draw the source's share with replacement" in text
-    assert "--data.train_files.system_prompt SYSTEM_PROMPT A system message" in text
+    assert (
+        "``weight``, the source's share of each epoch's rows relative to the other sources' weights" in text
+    )
+    assert "``replacement``, draw that share with replacement" in text and "``system_prompt``" in text
+
+
+def test_a_plain_path_on_the_command_line_stays_a_path(tmp_path) -> None:
+    """jsonargparse reads a dataclass-typed value naming a file as a config file: a CSV path would become
+    its contents. train_files is typed so that it does not (its entries are checked instead)."""
+    from lit_sft.commands.fit import main
+
+    csv_file = tmp_path / "rows.csv"
+    csv_file.write_text("question,answer\n1,2\n")
+    args = ["--model", "lit_sft.SFTModule", "--model.init_args.model_config", "{model_type: qwen2}"]
+    args += [
+        "--model.init_args.tokenizer_name_or_path",
+        "builtin:byte-chatml",
+        "--data",
+        "lit_sft.SFTDataModule",
+    ]
+    args += ["--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
+    cli = main([*args, "--data.init_args.train_files", str(csv_file)], run=False)
+    assert cli.datamodule.train_files == str(csv_file)
+    with pytest.raises(SystemExit):  # a misspelt key is refused by the parser
+        main([*args, "--data.init_args.train_files", "[{files: a.jsonl, wieght: 2}]"], run=False)
+    with pytest.raises(ConfigError, match="takes only DataSource's keys"):  # and from Python
+        mixture(tmp_path, [{"files": "a.jsonl", "wieght": 2}])
