@@ -23,7 +23,9 @@ def execute(name: str, tmp_path) -> list[dict]:
     NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     ).execute()
-    return [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
+    return [
+        output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])
+    ]
 
 
 def text_of(outputs: list[dict]) -> str:
