@@ -11,6 +11,7 @@ from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_sft import SFTModule
+from lit_sft.data.mixture import DataSource
 from lit_sft.model import LoraOptions
 from tests.helpers import arithmetic_data, arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
 
@@ -59,7 +60,8 @@ def run(
         lora=lora,
         **module_kwargs,
     )
-    data = arithmetic_data(str(tmp_path / "train.jsonl"), **data_kwargs)
+    data_kwargs = dict(data_kwargs)
+    data = arithmetic_data(data_kwargs.pop("train_files", str(tmp_path / "train.jsonl")), **data_kwargs)
     record = Record()
     callbacks = [record]
     if stop_at:
@@ -98,6 +100,28 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, rows: int, data_kwargs: 
     assert resumed.batches == full.batches[len(first.batches) :]
     assert {step: full.losses[step] for step in resumed.losses} == resumed.losses
     assert sorted(resumed.losses) == list(range(stop_at + 1, TOTAL_STEPS + 1))
+    for (name, parameter), (_, other) in zip(
+        full_module.named_parameters(), resumed_module.named_parameters(), strict=True
+    ):
+        assert torch.equal(parameter, other), name
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_a_weighted_mixture_resumes_exactly(tmp_path, packing: bool) -> None:
+    """Each epoch draws its own rows from the sources: a resumed run draws the same ones (padded, 64 rows
+    are 8 steps an epoch: step 10 is mid-way through the second epoch's draw)."""
+    few = write_jsonl(str(tmp_path / "few.jsonl"), arithmetic_rows(16))
+    many = write_jsonl(str(tmp_path / "many.jsonl"), arithmetic_rows(48, start=100))
+    data_kwargs = {
+        "train_files": [DataSource(few, weight=3), DataSource(many, weight=1)],
+        "batch_size": 4,
+        **({"packing": True, "max_length": 128, "max_tokens_per_batch": 256} if packing else {}),
+    }
+    full, full_module = run(tmp_path, data_kwargs)
+    first, _ = run(tmp_path, data_kwargs, stop_at=10)
+    resumed, resumed_module = run(tmp_path, data_kwargs, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert first.batches + resumed.batches == full.batches
+    assert {step: full.losses[step] for step in resumed.losses} == resumed.losses
     for (name, parameter), (_, other) in zip(
         full_module.named_parameters(), resumed_module.named_parameters(), strict=True
     ):

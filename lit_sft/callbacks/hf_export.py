@@ -10,6 +10,7 @@ from typing_extensions import override
 
 from lit_sft.errors import ConfigError
 from lit_sft.inference.export import ExportDType, LoraExport, export_hf
+from lit_sft.inference.model_card import card_from_trainer
 from lit_sft.training.distributed import gather_full_state_dict, is_sharded
 
 
@@ -17,7 +18,9 @@ class HFExport(Callback):
     """Exports the model with ``save_pretrained`` (weights, tokenizer, generation config) to
     ``<dirpath>/final`` when ``fit`` ends and, optionally, to ``<dirpath>/step-N`` every N steps.
 
-    Only rank 0 writes. The export loads with ``AutoModelForCausalLM.from_pretrained`` (and, for a LoRA
+    Each export has a ``README.md`` model card (base model, data sources with rows and tokens,
+    hyper-parameters, steps, final losses and GSM8K accuracy when measured, the configuration). Only rank 0
+    writes. The export loads with ``AutoModelForCausalLM.from_pretrained`` (and, for a LoRA
     adapter, with peft), as verl, vLLM and transformers expect.
 
     Args:
@@ -64,6 +67,7 @@ class HFExport(Callback):
             lora=self.lora,
             dtype=self.dtype,
             base_model_name_or_path=getattr(pl_module, "model_name_or_path", None),
+            card=card_from_trainer(trainer, pl_module),
         )
 
     @override

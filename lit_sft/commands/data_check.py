@@ -1,6 +1,7 @@
 """``lit-sft data check --config …``: read the data exactly as training would, and report on it.
 
-For each split: rows, exact duplicates, malformed rows with their reasons, token-length percentiles
+For each split: rows (and, with several sources, each source's rows, duplicates, malformed rows, tokens
+and, for a weighted mixture, its weight and rows per epoch), exact duplicates, malformed rows with their reasons, token-length percentiles
 (prompt, response, total) before truncation, how many rows ``max_length`` would truncate or drop, the
 padding a padded batch would waste against packing, one example rendered with its trained tokens marked,
 and, for GSM8K-format data, the rows whose final answer cannot be extracted. ``--clean FILE`` writes the
@@ -22,6 +23,7 @@ from lit_sft.batch import IGNORE_INDEX
 from lit_sft.commands.fit import MODEL_TO_DATA_LINKS
 from lit_sft.data.datamodule import SFTDataModule
 from lit_sft.data.grouping import pack_best_fit_decreasing, padding_fraction
+from lit_sft.data.mixture import plan_mixture
 from lit_sft.data.sampler import MicroBatchSampler
 from lit_sft.data.splits import NO_TRAINED_TOKENS, OK, TokenizedSource, tokenize_sources
 from lit_sft.data.tokenize import truncate
@@ -30,6 +32,40 @@ from lit_sft.gsm8k.scoring import extract_strict
 from lit_sft.io import write_rows
 
 PERCENTILES = (50, 90, 99, 100)
+
+
+@dataclass
+class SourceCheck:
+    """One source's share of a `SplitCheck`: its rows, what would be removed, and its tokens.
+
+    Attributes:
+        name: The source's name (its ``data.train_files`` entry).
+        rows: Rows selected from it.
+        duplicates: Exact duplicates (of any earlier row of the split).
+        malformed: Malformed rows.
+        tokens: Tokens of its valid rows, before truncation.
+        weight: Its mixture weight, if any.
+        rows_per_epoch: Its rows in each epoch of a weighted mixture, drawn from its well-formed rows (rows
+            that `max_length` would drop still count here; training counts after them).
+    """
+
+    name: str
+    rows: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    tokens: int = 0
+    weight: float | None = None
+    rows_per_epoch: int | None = None
+
+    def line(self) -> str:
+        """The source's line of the report."""
+        mixture = f", weight {self.weight:g}" if self.weight is not None else ""
+        if self.rows_per_epoch is not None:
+            mixture += f" -> {self.rows_per_epoch} rows per epoch"
+        return (
+            f"{self.name}: {self.rows} rows, {self.duplicates} duplicates, {self.malformed} malformed, "
+            f"{self.tokens} tokens{mixture}"
+        )
 
 
 @dataclass
@@ -52,10 +88,13 @@ class SplitCheck:
     template_losses: Counter = field(default_factory=Counter)
     template_loss_examples: list[str] = field(default_factory=list)
     keep: list[tuple[TokenizedSource, np.ndarray]] = field(default_factory=list)
+    sources: dict[str, SourceCheck] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         """The report as printable lines."""
         out = [f"== {self.split}: {self.rows} rows"]
+        if len(self.sources) > 1 or any(source.weight is not None for source in self.sources.values()):
+            out.extend(f"source {source.line()}" for source in self.sources.values())
         out.append(f"exact duplicates: {self.duplicates}")
         reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.malformed.items()))
         out.append(f"malformed rows: {sum(self.malformed.values())}" + (f" ({reasons})" if reasons else ""))
@@ -126,6 +165,10 @@ def check_split(
         sources, positions, lambda source: dm.row_tokenizer(source, unlimited), dm.num_proc
     ):
         statuses = part.statuses
+        label = getattr(part.source, "label", "") or part.source.name
+        source = report.sources.setdefault(label, SourceCheck(label))
+        source.rows += len(part.rows)
+        source.malformed += len(part.invalid())
         for position in part.invalid():
             error = part.row_error(position)
             report.malformed[str(statuses[position])] += 1
@@ -155,10 +198,12 @@ def check_split(
             digest = hash(tuple(row["input_ids"]))
             if digest in seen:
                 report.duplicates += 1
+                source.duplicates += 1
                 continue
             seen.add(digest)
             keep.append(position)
             totals.append(row["num_tokens"])
+            source.tokens += row["num_tokens"]
             prompts.append(row["prompt_length"])
             responses.append(row["num_tokens"] - row["prompt_length"])
             try:  # the configured limits, applied exactly as training applies them
@@ -210,6 +255,19 @@ def _padding_waste(lengths: np.ndarray, dm: SFTDataModule) -> tuple[dict[str, fl
     return waste, 1.0 - padding_fraction(lengths, packs, budget=budget)
 
 
+def _mixture_shares(dm: SFTDataModule, report: SplitCheck) -> None:
+    """Each weighted source's weight and rows per epoch, as training would draw them from the rows left."""
+    kept = []
+    for data_source in dm.data_sources:
+        source = report.sources.setdefault(data_source.label, SourceCheck(data_source.label))
+        source.weight = data_source.weight
+        kept.append(source.rows - source.malformed)
+    if dm.data_sources and dm.data_sources[0].weight is not None and all(kept):
+        plan = plan_mixture(dm.data_sources, kept, dm.seed)
+        for data_source, count in zip(dm.data_sources, plan.counts, strict=True):
+            report.sources[data_source.label].rows_per_epoch = count
+
+
 def write_clean(path: str, report: SplitCheck) -> int:
     """Write the split's rows minus duplicates and malformed rows (the source rows, unchanged)."""
     rows: list[dict[str, Any]] = []
@@ -227,6 +285,8 @@ def check(dm: SFTDataModule, clean: str | None = None, out: Any = None) -> dict[
     reports = {}
     for split, (sources, positions) in dm.plan_splits().items():
         reports[split] = report = check_split(dm, split, sources, positions)
+        if split == "train":
+            _mixture_shares(dm, report)
         print("\n".join(report.lines()), file=out)
     if clean:
         train = reports["train"]

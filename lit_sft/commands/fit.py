@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lit_sft.callbacks import RunSummary, TrainingThroughput
 from lit_sft.callbacks.preemption import Preempted, Preemption
+from lit_sft.callbacks.progress import with_step_progress_bar
 from lit_sft.data import SFTDataModule
 from lit_sft.errors import LitSFTError
 from lit_sft.model import SFTModule
@@ -68,6 +69,11 @@ class SFTCLI(LightningCLI):
             "fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
             "validate": {"model", "dataloaders", "datamodule"},
         }
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        trainer = super().instantiate_trainer(**kwargs)
+        with_step_progress_bar(trainer.callbacks)  # "step 12/800" instead of "Epoch 0/-2" under max_steps
+        return trainer
 
     def before_fit(self) -> None:
         preflight(self.trainer, self.model, self.datamodule)

@@ -4,6 +4,7 @@ from lit_sft.batch import IGNORE_INDEX
 from lit_sft.data.collate import PaddingCollator
 from lit_sft.data.conversation import Conversation, FormatOptions, row_to_conversation
 from lit_sft.data.datamodule import SFTDataModule
+from lit_sft.data.mixture import DataSource
 from lit_sft.data.sampler import MicroBatch, MicroBatchSampler
 from lit_sft.data.tokenize import ConversationRenderer, TokenizeOptions
 
@@ -11,6 +12,7 @@ __all__ = [
     "IGNORE_INDEX",
     "Conversation",
     "ConversationRenderer",
+    "DataSource",
     "FormatOptions",
     "MicroBatch",
     "MicroBatchSampler",

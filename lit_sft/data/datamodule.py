@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import datasets
@@ -17,6 +17,15 @@ from lit_sft.batch import TextBatch
 from lit_sft.data.collate import PackedCollator, PaddingCollator
 from lit_sft.data.conversation import AssistantTurns, FormatOptions, RowFormat
 from lit_sft.data.dataloader import MicroBatchDataset, ResumableDataLoader
+from lit_sft.data.mixture import (
+    MixturePlan,
+    SourceSpec,
+    as_plain,
+    cap_positions,
+    data_sources,
+    load_data_sources,
+    plan_mixture,
+)
 from lit_sft.data.sampler import MicroBatchSampler
 from lit_sft.data.sources import Source, expand_specs, is_local_path, load_sources
 from lit_sft.data.splits import (
@@ -49,7 +58,14 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
 
     Args:
         train_files: Training data: parquet/jsonl/json/csv files (globs allowed), a dataset directory, or
-            a Hub dataset id (``openai/gsm8k``, optionally with a split: ``openai/gsm8k:train``).
+            a Hub dataset id (``openai/gsm8k``, optionally with a split: ``openai/gsm8k:train``); or a list
+            of sources, each a path or a mapping with the keys of `lit_sft.data.DataSource` (a `DataSource`
+            from Python): ``files``; ``name``; ``weight``, the source's share of each epoch's rows relative to
+            the other sources' weights (give every source a weight, or none); ``replacement``, draw that
+            share with replacement instead of whole passes plus a random subset; ``max_samples``, its first
+            rows only; and its own ``format``, ``prompt_key``, ``response_key``, ``messages_key``,
+            ``tools_key``, ``assistant_turns``, ``system_prompt`` (unset: this module's). See
+            `lit_sft.data.mixture` for how rows are drawn. Each source is counted in the split summary.
         val_files: Validation data, in the same forms. When absent, ``val_ratio`` of the training rows are
             held out.
         tokenizer_name_or_path: The tokenizer (a Hub id, a local directory, or ``builtin:byte-chatml``).
@@ -110,7 +126,7 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
 
     def __init__(
         self,
-        train_files: str | list[str],
+        train_files: str | list[str | SourceSpec],
         val_files: str | list[str] | None = None,
         tokenizer_name_or_path: str | None = None,
         chat_template: str | None = None,
@@ -151,6 +167,12 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         # The tokenizer settings belong to the model (the CLI links them here, resolved): Lightning stops a
         # run whose model and data module log the same key with different values (None vs the model path).
         self.save_hyperparameters(ignore=list(MODEL_OWNED))
+        self.data_sources = data_sources(train_files)
+        if not isinstance(train_files, str) and any(
+            not isinstance(entry, str) for entry in train_files or []
+        ):
+            # Plain dicts in the checkpoint: Lightning loads checkpoints with ``weights_only``.
+            self.hparams["train_files"] = as_plain(self.data_sources)
         if not 0.0 <= val_ratio < 1.0:
             raise ConfigError(f"data.val_ratio must be in [0, 1), got {val_ratio}")
         if batch_size < 1:
@@ -208,48 +230,50 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         self.train_dataset: datasets.Dataset | None = None
         self.val_dataset: datasets.Dataset | None = None
         self.summaries: dict[str, SplitSummary] = {}
+        #: Which training rows each epoch uses, for a weighted mixture (after `setup`).
+        self.mixture: MixturePlan | None = None
 
     def preflight_problems(self) -> list[str]:
         """Problems visible before reading any data: local data files that do not exist."""
         problems = []
-        for key in ("train_files", "val_files"):
+        groups = [("train_files", source.files) for source in self.data_sources]
+        for key, specs in [*groups, ("val_files", self.val_files)]:
             try:
-                for spec in expand_specs(getattr(self, key)):
+                for spec in expand_specs(specs):
                     if is_local_path(spec) and not os.path.exists(os.path.expanduser(spec)):
                         problems.append(f"data.{key}: {spec}: no such file")
             except DataFileError as error:
                 problems.append(f"data.{key}: {error}")
         return problems
 
+    def _load_one(self, spec: str, default_split: str) -> list[Source]:
+        return load_sources(
+            spec, config_name=self.dataset_config_name, cache_dir=self.cache_dir, default_split=default_split
+        )
+
     def _load(self, specs: str | Sequence[str] | None, default_split: str) -> list[Source]:
-        return [
-            source
-            for spec in expand_specs(specs)
-            for source in load_sources(
-                spec,
-                config_name=self.dataset_config_name,
-                cache_dir=self.cache_dir,
-                default_split=default_split,
-            )
-        ]
+        return [source for spec in expand_specs(specs) for source in self._load_one(spec, default_split)]
 
     def row_tokenizer(self, source: Source, tokenize_options: TokenizeOptions | None = None) -> RowTokenizer:
         """The ``datasets.map`` function for ``source`` (its format resolved and its columns checked)."""
-        row_format = check_columns(source, self.format_options)
+        format_options = getattr(source, "format_options", None) or self.format_options  # a mixture's source
+        row_format = check_columns(source, format_options)
         options = tokenize_options or self.tokenize_options
-        format_options = replace(self.format_options, struct_nulls=source.typed)
+        format_options = replace(format_options, struct_nulls=source.typed)
         return RowTokenizer(self.tokenizer, row_format, format_options, options, self.template_kwargs)
 
     def plan_splits(self) -> dict[str, tuple[list[Source], np.ndarray]]:
         """Load the sources and choose each split's rows: ``{split: (sources, row positions)}``.
 
         Positions index the concatenation of the split's sources; the split by ``val_ratio`` is seeded
-        and ``max_*_samples`` keep the first rows.
+        and ``max_*_samples`` (each source's, then the split's) keep the first rows.
         """
-        if not self.train_files:
+        if not self.data_sources:
             raise ConfigError("data.train_files is not set")
         _ = self.tokenizer  # configuration mistakes first, before any data is read
-        train_sources = self._load(self.train_files, "train")
+        train_sources, ranges = load_data_sources(
+            self.data_sources, self.format_options, lambda spec: self._load_one(spec, "train")
+        )
         sizes = [len(source.dataset) for source in train_sources]
         if self.val_files:
             val_sources = self._load(self.val_files, "test")
@@ -258,6 +282,9 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         else:
             val_sources = train_sources
             train_positions, val_positions = split_positions(sizes, self.val_ratio, self.seed)
+        caps = [source.max_samples for source in self.data_sources]
+        if any(cap is not None for cap in caps):
+            train_positions = cap_positions(train_positions, ranges, caps)
         if self.max_train_samples is not None:
             train_positions = train_positions[: self.max_train_samples]
         if self.max_val_samples is not None:
@@ -276,6 +303,12 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         self.summaries = {"train": train_summary}
         if self.train_dataset is None:
             raise ConfigError(f"no training rows left: {train_summary.line()}")
+        per_source = [train_summary.sources[source.label] for source in self.data_sources]
+        self.mixture = plan_mixture(self.data_sources, [source.kept for source in per_source], self.seed)
+        if self.mixture is not None:
+            for source, count in zip(per_source, self.mixture.counts, strict=True):
+                source.rows_per_epoch = count
+            train_summary.rows_per_epoch = sum(self.mixture.counts)
         if "val" in splits:
             self.val_dataset, self.summaries["val"] = tokenize_split(
                 "val", *splits["val"], self.row_tokenizer, **options
@@ -302,7 +335,14 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
     @rank_zero_only
     def _log_summaries(self) -> None:
         for summary in self.summaries.values():
-            log.info(summary.line())
+            log.info("\n".join(summary.lines()))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The split summaries (rows and tokens per split and source), saved in checkpoints for model cards."""
+        return {"summaries": {split: asdict(summary) for split, summary in self.summaries.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: `setup` counts the data again (the data position lives in the dataloader)."""
 
     def _trainer_layout(self) -> tuple[int, int, int]:
         """(data-parallel size, data-parallel rank, accumulation) from the attached trainer, or a single process."""
@@ -317,7 +357,12 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         return PaddingCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
 
     def _sampler(
-        self, dataset: datasets.Dataset, batch_size: int, shuffle: bool, accumulate: int
+        self,
+        dataset: datasets.Dataset,
+        batch_size: int,
+        shuffle: bool,
+        accumulate: int,
+        mixture: MixturePlan | None = None,
     ) -> MicroBatchSampler:
         world_size, rank, _ = self._trainer_layout()
         return MicroBatchSampler(
@@ -332,6 +377,7 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
             rank=rank,
             accumulate_grad_batches=accumulate,
             drop_last=self.drop_last and shuffle,
+            epoch_rows=mixture.rows if mixture is not None else None,
         )
 
     def _consumed(self) -> int:
@@ -358,9 +404,8 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         if self.train_dataset is None:
             self.setup("fit")
         _, _, accumulate = self._trainer_layout()
-        return self._loader(
-            self.train_dataset, self._sampler(self.train_dataset, self.batch_size, self.shuffle, accumulate)
-        )
+        sampler = self._sampler(self.train_dataset, self.batch_size, self.shuffle, accumulate, self.mixture)
+        return self._loader(self.train_dataset, sampler)
 
     def val_dataloader(self) -> ResumableDataLoader | list:
         """Validation batches, in order, the same number on every rank."""

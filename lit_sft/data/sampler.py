@@ -10,6 +10,12 @@ any communication. The loss divides by that number, which makes it a true per-to
 optimizer step: every trained token weighs the same whatever the micro-batch size, gradient
 accumulation or world size.
 
+With a weighted mixture (`lit_sft.data.mixture`) the rows of each epoch are chosen per epoch
+(``epoch_rows``) and grouped or packed per epoch. Every epoch then has the first epoch's number of
+micro-batches: under a token budget a later epoch's rows may pack into fewer (it gets weight-0 filler
+micro-batches at its end) or more (its last packs are left out), which keeps Lightning's epoch length, the
+learning-rate schedule and resume positions valid.
+
 Every rank gets the same number of micro-batches; when the rows do not divide evenly, the last ranks get
 padding micro-batches whose labels are all masked (weight 0), so no rank waits for another and no row is
 duplicated in the loss.
@@ -17,7 +23,7 @@ duplicated in the loss.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +71,8 @@ class MicroBatchSampler(DistributedSampler):
         accumulate_grad_batches: Micro-batches per optimizer step on each rank.
         drop_last: Drop the rows of each epoch's last optimizer step when they do not fill it (fixed-size
             micro-batches only).
+        epoch_rows: ``epoch -> row indices`` (repeats allowed) when not every row is used once an epoch
+            (weighted mixtures); deterministic in the epoch, so resuming stays exact.
     """
 
     def __init__(
@@ -81,6 +89,7 @@ class MicroBatchSampler(DistributedSampler):
         rank: int = 0,
         accumulate_grad_batches: int = 1,
         drop_last: bool = False,
+        epoch_rows: Callable[[int], np.ndarray] | None = None,
     ) -> None:
         if max_tokens_per_batch is None and (batch_size is None or batch_size < 1):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -99,7 +108,11 @@ class MicroBatchSampler(DistributedSampler):
         self.drop_last = drop_last
         self.epoch = 0
         self._start = 0  # micro-batches of the current epoch to skip (set when resuming)
-        if max_tokens_per_batch is None:
+        self.epoch_rows = epoch_rows
+        if epoch_rows is not None:
+            self._groups = None
+            num_global = len(self.micro_batches(0))
+        elif max_tokens_per_batch is None:
             assert batch_size is not None  # checked above
             self._groups = None
             self._rows = len(self.num_tokens)
@@ -132,6 +145,8 @@ class MicroBatchSampler(DistributedSampler):
 
     def micro_batches(self, epoch: int) -> list[np.ndarray]:
         """The row indices of every micro-batch of ``epoch``, in order (before sharding across ranks)."""
+        if self.epoch_rows is not None:
+            return self._epoch_micro_batches(epoch)
         if self._groups is None:
             assert self.batch_size is not None  # no groups: fixed-size batches (checked in __init__)
             order = (
@@ -144,9 +159,21 @@ class MicroBatchSampler(DistributedSampler):
             return list(self._groups)
         return [self._groups[i] for i in self._rng(epoch).permutation(len(self._groups))]
 
+    def _epoch_micro_batches(self, epoch: int) -> list[np.ndarray]:
+        """Micro-batches of the rows ``epoch_rows(epoch)`` chose, grouped (or packed) for this epoch."""
+        rows = np.asarray(self.epoch_rows(epoch), dtype=np.int64)
+        rng = self._rng(epoch)
+        if self.max_tokens_per_batch is None:
+            return fixed_size_batches(
+                rows[rng.permutation(len(rows))] if self.shuffle else rows, self.batch_size
+            )
+        group = pack_best_fit_decreasing if self.packing else token_budget_batches
+        groups = [rows[members] for members in group(self.num_tokens[rows], self.max_tokens_per_batch)]
+        return [groups[i] for i in rng.permutation(len(groups))] if self.shuffle else groups
+
     def plan(self, epoch: int) -> list[MicroBatch]:
         """The global plan of ``epoch``: micro-batch ``g`` runs on rank ``g % num_replicas``."""
-        chunks = self.micro_batches(epoch)
+        chunks = self.micro_batches(epoch)[: self.total_size]
         weights = [1] * len(chunks)
         for filler in range(self.total_size - len(chunks)):
             chunks.append(chunks[filler % len(chunks)])

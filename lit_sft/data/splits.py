@@ -227,7 +227,7 @@ class SplitSummary:
     """What happened to one split's rows.
 
     Attributes:
-        split: ``train`` or ``val``.
+        split: ``train`` or ``val`` (for a source's summary: the source's name).
         rows_read: Rows read from the sources (after the split and ``max_samples``).
         kept: Rows kept for training.
         dropped: Dropped rows by reason.
@@ -240,6 +240,8 @@ class SplitSummary:
         template_losses: Kept conversations whose rendering lacks content of the data, by field kind
             (``tool_calls``, ``content``, ``reasoning_content``).
         template_loss_example: The first such row, as ``file, row N, field F``.
+        sources: The same counts for each source (``data.train_files`` entry), by name, in order.
+        rows_per_epoch: A weighted source's rows in each epoch (`lit_sft.data.mixture`); None otherwise.
     """
 
     split: str
@@ -253,15 +255,18 @@ class SplitSummary:
     split_tokens: int = 0
     template_losses: dict[str, int] = field(default_factory=dict)
     template_loss_example: str = ""
+    sources: dict[str, SplitSummary] = field(default_factory=dict)
+    rows_per_epoch: int | None = None
 
     def line(self) -> str:
         """The one-line summary printed for the split."""
         total_dropped = sum(self.dropped.values())
         reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.dropped.items()))
         dropped = f"{total_dropped} dropped ({reasons})" if total_dropped else "0 dropped"
+        per_epoch = f", {self.rows_per_epoch} rows per epoch" if self.rows_per_epoch is not None else ""
         line = (
             f"{self.split}: {self.rows_read} rows read, {self.kept} kept, {dropped}, {self.truncated} truncated, "
-            f"{self.tokens} tokens, {self.trained_tokens} trained tokens"
+            f"{self.tokens} tokens, {self.trained_tokens} trained tokens{per_epoch}"
         )
         if self.split_rows:
             line += (
@@ -275,6 +280,22 @@ class SplitSummary:
                 f"first: {self.template_loss_example}; data.strict_template=true refuses them)"
             )
         return line
+
+    def lines(self) -> list[str]:
+        """The split's line, then one line per source when there are several (or a mixture)."""
+        if len(self.sources) < 2 and all(source.rows_per_epoch is None for source in self.sources.values()):
+            return [self.line()]
+        return [self.line(), *(f"  source {source.line()}" for source in self.sources.values())]
+
+    def add(self, other: SplitSummary) -> None:
+        """Add ``other``'s counts to these (a source's to its split's)."""
+        self.rows_read += other.rows_read
+        self.kept += other.kept
+        self.truncated += other.truncated
+        self.tokens += other.tokens
+        self.trained_tokens += other.trained_tokens
+        for reason, count in other.dropped.items():
+            self.dropped[reason] = self.dropped.get(reason, 0) + count
 
 
 def column(dataset: datasets.Dataset, name: str) -> np.ndarray:
@@ -413,39 +434,51 @@ def tokenize_split(
         num_proc: Processes for ``datasets.map``.
 
     Returns:
-        The kept rows (columns ``input_ids``, ``labels``, ``num_tokens``, ``num_trained``), or None when
+        The kept rows (columns ``input_ids``, ``labels``, ``num_tokens``, ``num_trained``,
+        ``original_length``), or None when
         there are no rows, and the split's summary.
 
     Raises:
         RowError: For the first malformed row, unless ``skip_invalid_rows``.
     """
     summary = SplitSummary(split=split)
+    # Every source is named in the summary, in order, even one none of whose rows the split selected.
+    for source in sources:
+        label = getattr(source, "label", "") or source.name
+        summary.sources.setdefault(label, SplitSummary(split=label))
     parts: list[datasets.Dataset] = []
-    dropped: Counter[str] = Counter()
     for part in tokenize_sources(sources, positions, row_tokenizer_for, num_proc):
         statuses = part.statuses
         bad = part.invalid()
         if len(bad) and not skip_invalid_rows:
             more = f" ({len(bad) - 1} more rows of this file have errors)" if len(bad) > 1 else ""
             raise part.row_error(bad[0], more)
-        dropped.update(statuses[statuses != OK].tolist())
         keep = np.flatnonzero(statuses == OK)
-        summary.rows_read += len(part.rows)
-        summary.kept += len(keep)
-        summary.truncated += int(part.tokenized.data.column("truncated").to_numpy()[keep].sum())
+        table = part.tokenized.data
+        counts = SplitSummary(
+            split=part.source.name,
+            rows_read=len(part.rows),
+            kept=len(keep),
+            dropped=dict(Counter(statuses[statuses != OK].tolist())),
+            truncated=int(table.column("truncated").to_numpy()[keep].sum()),
+            tokens=int(table.column("num_tokens").to_numpy()[keep].sum()),
+            trained_tokens=int(table.column("num_trained").to_numpy()[keep].sum()),
+        )
+        summary.add(counts)
+        summary.sources[getattr(part.source, "label", "") or part.source.name].add(counts)
         _count_splits_and_losses(summary, part, keep)
         if len(keep) == 0:
             continue
         kept = part.tokenized.select(keep) if len(keep) < len(part.tokenized) else part.tokenized
         parts.append(
-            kept.select_columns(["input_ids", "labels", "num_tokens", "num_trained", *part.extra_columns])
+            kept.select_columns(
+                # original_length: what truncation cut, for `lit_sft.data.highlight`
+                ["input_ids", "labels", "num_tokens", "num_trained", "original_length", *part.extra_columns]
+            )
         )
-    summary.dropped = dict(dropped)
     if not parts:
         return None, summary
     dataset = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    lengths, trained = column(dataset, "num_tokens"), column(dataset, "num_trained")
-    summary.tokens, summary.trained_tokens = int(lengths.sum()), int(trained.sum())
     return dataset, summary
 
 

@@ -1,8 +1,10 @@
 """Hugging Face export: the hand-off to RL (verl's ``actor_rollout_ref.model.path``), vLLM and ``from_pretrained``.
 
-``export_hf`` writes ``save_pretrained`` weights, the tokenizer (with its chat template) and a generation
-config whose stop tokens are the template's end-of-turn tokens. LoRA is exported merged into the base
-weights (a plain model; a QLoRA run's 4-bit base is de-quantized first), as a peft adapter (``adapter_config.json`` with the trained ``lora_alpha``), or
+``export_hf`` writes ``save_pretrained`` weights, the tokenizer (with its chat template), a generation
+config whose stop tokens are the template's end-of-turn tokens, and a ``README.md`` model card
+(`lit_sft.inference.model_card`). LoRA is exported merged into the base weights (a plain model; a QLoRA
+run's 4-bit base is de-quantized first), as a peft adapter (``adapter_config.json`` with the trained
+``lora_alpha``), or
 both. ``export_checkpoint`` converts a Lightning checkpoint (the ``lit-sft export`` command,
 `lit_sft.commands.export`).
 """
@@ -23,6 +25,7 @@ from lit_sft.errors import ConfigError
 from lit_sft.gguf import is_gguf
 from lit_sft.hub import DTypeName, torch_dtype
 from lit_sft.inference.generation import stop_token_ids
+from lit_sft.inference.model_card import ModelCardInfo, card_from_checkpoint, write_model_card
 from lit_sft.model.quantization import dequantized_merge, is_quantized
 
 log = logging.getLogger("lit_sft")
@@ -99,6 +102,7 @@ def export_hf(
     lora: LoraExport = "merged",
     dtype: ExportDType = "auto",
     base_model_name_or_path: str | None = None,
+    card: ModelCardInfo | None = None,
 ) -> list[str]:
     """Write ``model`` (a transformers model or a peft model around one) for ``from_pretrained``.
 
@@ -114,6 +118,8 @@ def export_hf(
         base_model_name_or_path: Recorded in the adapter's config (where peft loads the base from). When the
             base model has no such path (random initialisation, or a ``.gguf`` file), the base weights are written to
             ``out/base`` and recorded instead.
+        card: What the ``README.md`` model card states (data, hyper-parameters, metrics); without it the
+            card names the base model only.
 
     Returns:
         The directories written.
@@ -128,6 +134,7 @@ def export_hf(
         exported = _cast(copy.deepcopy(model).cpu(), dtype)
         exported.save_pretrained(temporary, safe_serialization=True)
         _finish(temporary, exported, tokenizer)
+        write_model_card(temporary, card, base_model=base_model_name_or_path)
     else:
         if lora in ("merged", "both"):
             if is_quantized(model):  # QLoRA: into the de-quantized base, never into 4-bit layers
@@ -136,6 +143,7 @@ def export_hf(
                 merged = _cast(copy.deepcopy(model).cpu().merge_and_unload(), dtype)
             merged.save_pretrained(temporary, safe_serialization=True)
             _finish(temporary, merged, tokenizer)
+            write_model_card(temporary, card, base_model=base_model_name_or_path)
         if lora in ("adapter", "both"):
             final_dir = out if lora == "adapter" else os.path.join(out, "adapter")
             adapter_dir = temporary if lora == "adapter" else os.path.join(temporary, "adapter")
@@ -158,6 +166,8 @@ def export_hf(
             else:
                 adapter.save_pretrained(adapter_dir, safe_serialization=True)
             _finish(adapter_dir, adapter.get_base_model(), tokenizer)
+            # Replaces peft's template card: the same facts, with library_name peft for the Hub.
+            write_model_card(adapter_dir, card, library_name="peft", base_model=base_model_name_or_path)
             if lora == "both":
                 written.append(final_dir)
     if os.path.isdir(out):
@@ -181,6 +191,10 @@ def export_checkpoint(
     from lit_sft.model.build import load_module
 
     module = load_module(ckpt)
+    # The card's facts (hyper-parameters, data counts, step, last metrics) are plain values in the checkpoint.
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    card = card_from_checkpoint(checkpoint, base_model=module.model_name_or_path)
+    del checkpoint
     written = export_hf(
         module.model,
         getattr(module, "processor", None) or module.tokenizer,
@@ -188,6 +202,7 @@ def export_checkpoint(
         lora=lora,
         dtype=dtype,
         base_model_name_or_path=module.model_name_or_path,
+        card=card,
     )
     print(f"exported {ckpt} -> {', '.join(written)}")
     return written

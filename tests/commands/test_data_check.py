@@ -144,3 +144,31 @@ def test_data_check_counts_content_the_template_drops_and_split_conversations(tm
         report = capsys.readouterr().out
         for line in expected:
             assert line in report, report
+
+
+def test_data_check_reports_each_source_of_a_mixture(tmp_path, capsys) -> None:
+    math = write_jsonl(str(tmp_path / "math.jsonl"), [*arithmetic_rows(6), arithmetic_rows(1)[0]])
+    chat = write_jsonl(
+        str(tmp_path / "chat.jsonl"),
+        [
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": f"Hey {i}"}]}
+            for i in range(3)
+        ]
+        + [{"messages": "not a list"}],
+    )
+    sources = [
+        {"name": "math", "files": math, "weight": 1},
+        {"name": "chat", "files": chat, "weight": 2, "format": "messages"},
+    ]
+    entry_point(["data", "check", "--config", write_config(tmp_path, sources)])
+    report = capsys.readouterr().out
+    assert "== train: 11 rows" in report
+    # 7 + 3 well-formed rows an epoch, split 1:2 by weight.
+    assert (
+        "source math: 7 rows, 1 duplicates, 0 malformed" in report
+        and "weight 1 -> 3 rows per epoch" in report
+    )
+    assert (
+        "source chat: 4 rows, 0 duplicates, 1 malformed" in report
+        and "weight 2 -> 7 rows per epoch" in report
+    )

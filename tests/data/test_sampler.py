@@ -123,3 +123,22 @@ def test_budget_modes_keep_their_groups_and_shuffle_their_order_each_epoch(mode:
     second = [m.indices for m in sampler]
     assert len(first) == len(second) == len(sampler)
     assert sorted(first) == sorted(second) and first != second
+
+
+def test_rows_chosen_per_epoch_keep_the_first_epochs_micro_batch_count() -> None:
+    lengths, trained = np.full(12, 10), np.full(12, 4)
+    chosen = {0: [0, 1, 2, 3, 4, 5], 1: list(range(12)), 2: [7, 7]}  # 3, 6 and 1 packs of 20 tokens
+    packed = MicroBatchSampler(
+        lengths,
+        trained,
+        max_tokens_per_batch=20,
+        packing=True,
+        epoch_rows=lambda epoch: np.array(chosen[epoch]),
+    )
+    assert len(packed) == 3
+    more = packed.plan(1)  # six packs' worth of rows: the last three packs are left out
+    assert len(more) == 3 and all(m.weight for m in more)
+    assert {m.step_trained_tokens for m in more} == {8}
+    fewer = packed.plan(2)  # one pack (row 7 twice) and two weight-0 fillers
+    assert [m.weight for m in fewer] == [1, 0, 0] and fewer[0].indices == (7, 7)
+    assert fewer[0].step_trained_tokens == 8
