@@ -152,10 +152,11 @@ def card_from_checkpoint(checkpoint: dict[str, Any], base_model: str | None) -> 
     metrics: dict[str, float] = {}
     for key, state in checkpoint.get("callbacks", {}).items():
         if "RunSummary" in str(key):
-            if state.get("train_losses"):
-                metrics["train/loss"] = float(state["train_losses"][-1][1])
-            for name, points in state.get("history", {}).items():
-                metrics[name] = float(points[-1][1])
+            # train_history since token metrics were added; train_losses in checkpoints written before
+            train = {"train/loss": state.get("train_losses", []), **state.get("train_history", {})}
+            for name, points in {**train, **state.get("history", {})}.items():
+                if points:
+                    metrics[name] = float(points[-1][1])
     totals = checkpoint.get("lit_sft", {}).get("totals", {})
     return ModelCardInfo(
         base_model=base_model,
