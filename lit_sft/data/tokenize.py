@@ -18,7 +18,6 @@ exactly where a token is not a target.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_sft.batch import IGNORE_INDEX
 from lit_sft.data.conversation import Conversation
+from lit_sft.data.template_fidelity import lost_content
 from lit_sft.errors import ConfigError, InvalidRow
 
 Truncation = Literal["left", "right", "error"]
@@ -231,7 +231,7 @@ class ConversationRenderer:
                     "a template whose generation prompt opens every assistant turn (model.chat_template)",
                     kind="template_generation_prompt",
                 )
-        lost = self._lost_content(conversation, full, before, through)
+        lost = lost_content(conversation, full, before, through)
         if lost and self.strict_template:
             field, what = lost[0]
             raise InvalidRow(
@@ -283,59 +283,6 @@ class ConversationRenderer:
             cursor = end
         pieces.append(full[cursor:])
         return RenderedConversation(text="".join(pieces), trained_spans=spans)
-
-    def _lost_content(
-        self, conversation: Conversation, full: str, before: dict[int, str], through: dict[int, str]
-    ) -> list[tuple[str, str]]:
-        """``(field, what)`` for each piece of a message the rendering does not show.
-
-        A trained turn is looked for in its own rendered text (as at inference), any other message in the
-        whole rendering. Whitespace is ignored: templates trim content and lay JSON out their own way.
-        """
-        whole = _squash(full)
-        lost = []
-        for index, message in enumerate(conversation.messages):
-            where = f"{conversation.field}[{index}]"
-            trained = index in before
-            text = _squash(through[index][len(before[index]) :]) if trained else whole
-            content = message.get("content")
-            if isinstance(content, str) and content.strip() and not _shown(content, text):
-                lost.append((f"{where}.content", f"the content of {message['role']} message {index}"))
-            reasoning = message.get("reasoning_content")
-            if trained and isinstance(reasoning, str) and reasoning.strip() and not _shown(reasoning, text):
-                lost.append((f"{where}.reasoning_content", f"the reasoning_content of message {index}"))
-            for position, call in enumerate(message.get("tool_calls") or []):
-                if not _call_rendered(call, text):
-                    lost.append(
-                        (f"{where}.tool_calls[{position}]", f"tool call {position} of message {index}")
-                    )
-        return lost
-
-
-def _squash(text: str) -> str:
-    return re.sub(r"\s+", "", text)
-
-
-def _shown(value: Any, text: str) -> bool:
-    """Whether ``value`` appears in ``text`` (squashed): as itself, or as JSON (Llama 3.1 ``tojson``s strings)."""
-    forms = {_squash(json.dumps(value, ensure_ascii=False)), _squash(json.dumps(value))}
-    if isinstance(value, str):
-        forms.add(_squash(value))
-    return any(form in text for form in forms)
-
-
-def _call_rendered(call: Any, text: str) -> bool:
-    """Whether a tool call's name, argument names and argument values all appear in ``text`` (squashed)."""
-    function = call.get("function", call) if isinstance(call, dict) else {}
-    if not isinstance(function, dict):
-        return True
-    name = function.get("name")
-    if isinstance(name, str) and name and _squash(name) not in text:
-        return False
-    arguments = function.get("arguments")
-    if not isinstance(arguments, dict):
-        return not isinstance(arguments, str) or _shown(arguments, text)
-    return all(_squash(str(key)) in text and _shown(value, text) for key, value in arguments.items())
 
 
 def _not_prefix_stable(field: str, index: int) -> InvalidRow:
