@@ -12,7 +12,7 @@ from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch import Trainer
 
 from lit_sft.errors import TrainingError
-from lit_sft.model.loss import TOKEN_METRICS
+from lit_sft.model.token_losses import TOKEN_METRICS
 
 log = logging.getLogger("lit_sft")
 
