@@ -16,7 +16,8 @@ split across ranks.
 The token loss is the negative log-likelihood (``type: nll``) or DFT's (``type: dft``, Dynamic Fine-Tuning,
 arXiv:2508.05629): each token's negative log-likelihood scaled by its detached probability. The chunked and plain
 losses also sum, from the logits they already hold, how many targets are the argmax prediction and the entropy of
-each target position's distribution (`TokenLoss.take_metrics`), normalised per token like the loss.
+each target position's distribution (`TokenLoss.take_metrics`), normalised per token like the loss. The per-token
+terms themselves are `lit_sft.model.token_losses`.
 """
 
 from __future__ import annotations
