@@ -26,6 +26,7 @@ from lit_sft.data.mixture import (
     load_data_sources,
     plan_mixture,
 )
+from lit_sft.data.render import RewrittenTurns
 from lit_sft.data.row_tokenizer import RowTokenizer
 from lit_sft.data.sampler import MicroBatchSampler
 from lit_sft.data.sources import Source, expand_specs, is_local_path, load_sources
@@ -36,7 +37,7 @@ from lit_sft.data.splits import (
     split_positions,
     tokenize_split,
 )
-from lit_sft.data.tokenize import RewrittenTurns, TokenizeOptions, Truncation
+from lit_sft.data.tokenize import TokenizeOptions, Truncation
 from lit_sft.errors import ConfigError, DataFileError
 from lit_sft.hub import TokenizerOwner
 from lit_sft.training.distributed import data_parallel_layout

@@ -15,8 +15,8 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_sft.batch import IGNORE_INDEX
 from lit_sft.data.conversation import FormatOptions, row_to_conversation
+from lit_sft.data.render import ConversationRenderer
 from lit_sft.data.tokenize import (
-    ConversationRenderer,
     TokenizeOptions,
     tokenize_rendered,
     truncate,

@@ -1,7 +1,8 @@
 """Template fidelity: which parts of a conversation a chat template does not render.
 
-Some templates drop content silently (the reasoning of earlier turns, for one); `ConversationRenderer`
-records each such field on the row, and the split summary counts them (``SplitSummary.template_losses``).
+Some templates drop content silently (the reasoning of earlier turns, for one);
+`lit_sft.data.render.ConversationRenderer` records each such field on the row, and the split summary
+counts them (``SplitSummary.template_losses``).
 """
 
 from __future__ import annotations
