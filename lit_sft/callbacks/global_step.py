@@ -106,7 +106,9 @@ def find_latest(dirpath: str) -> str | None:
     ]
     latest = os.path.join(dirpath, f"global_step_{max(steps)}", CHECKPOINT_NAME) if steps else None
     preempted = os.path.join(dirpath, "last.ckpt")
-    if os.path.exists(preempted) and (latest is None or os.path.getmtime(preempted) > os.path.getmtime(latest)):
+    if os.path.exists(preempted) and (
+        latest is None or os.path.getmtime(preempted) > os.path.getmtime(latest)
+    ):
         return preempted
     return latest
 

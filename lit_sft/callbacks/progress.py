@@ -89,7 +89,8 @@ def with_step_progress_bar(callbacks: list[Callback]) -> None:
             )
         elif type(callback) is RichProgressBar:
             callbacks[index] = StepRichProgressBar(
-                refresh_rate=callback.refresh_rate,
+                # Lightning annotates the property float, but it returns the int __init__ was given.
+                refresh_rate=callback.refresh_rate,  # type: ignore[arg-type]
                 leave=callback._leave,
                 theme=callback.theme,
                 console_kwargs=callback._console_kwargs,

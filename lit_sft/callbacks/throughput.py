@@ -143,7 +143,9 @@ class TrainingThroughput(Callback):
         self.flops = TrainingFlops.of(pl_module) if getattr(pl_module, "model", None) is not None else None
         self.peak = peak_flops(trainer.strategy.root_device, str(trainer.precision), self.peak_tflops)
         self._points.clear()
-        self._points.append((time.perf_counter(), int(self._totals[0]), int(self._totals[1]), self._totals[2]))
+        self._points.append(
+            (time.perf_counter(), int(self._totals[0]), int(self._totals[1]), self._totals[2])
+        )
         self._step = trainer.global_step
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)

@@ -24,8 +24,9 @@ from lit_sft.commands.fit import MODEL_TO_DATA_LINKS
 from lit_sft.data.datamodule import SFTDataModule
 from lit_sft.data.grouping import pack_best_fit_decreasing, padding_fraction
 from lit_sft.data.mixture import plan_mixture
+from lit_sft.data.row_tokenizer import NO_TRAINED_TOKENS, OK
 from lit_sft.data.sampler import MicroBatchSampler
-from lit_sft.data.splits import NO_TRAINED_TOKENS, OK, TokenizedSource, tokenize_sources
+from lit_sft.data.splits import TokenizedSource, tokenize_sources
 from lit_sft.data.tokenize import truncate
 from lit_sft.errors import ConfigError, InvalidRow
 from lit_sft.gsm8k.scoring import extract_strict
@@ -264,6 +265,7 @@ def _mixture_shares(dm: SFTDataModule, report: SplitCheck) -> None:
         kept.append(source.rows - source.malformed)
     if dm.data_sources and dm.data_sources[0].weight is not None and all(kept):
         plan = plan_mixture(dm.data_sources, kept, dm.seed)
+        assert plan is not None  # the sources have weights
         for data_source, count in zip(dm.data_sources, plan.counts, strict=True):
             report.sources[data_source.label].rows_per_epoch = count
 

@@ -72,7 +72,9 @@ class SFTCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer = super().instantiate_trainer(**kwargs)
-        with_step_progress_bar(trainer.callbacks)  # "step 12/800" instead of "Epoch 0/-2" under max_steps
+        # "step 12/800" instead of "Epoch 0/-2" under max_steps. Trainer.callbacks is set by a connector,
+        # which mypy does not see.
+        with_step_progress_bar(trainer.callbacks)  # type: ignore[attr-defined]
         return trainer
 
     def before_fit(self) -> None:
@@ -170,7 +172,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("data check", "Read the data as training would and report on it.", "lit_sft.commands.data_check"),
     Command("export", "Convert a checkpoint into a Hugging Face model directory.", "lit_sft.commands.export"),
     Command(
-        "verl", "Run verl's SFT trainer command line (key=value overrides) with lit_sft.", "lit_sft.commands.verl"
+        "verl",
+        "Run verl's SFT trainer command line (key=value overrides) with lit_sft.",
+        "lit_sft.commands.verl",
     ),
 )
 

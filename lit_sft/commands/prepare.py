@@ -15,8 +15,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from lit_sft.data.conversation import normalize_messages, parse_tool_arguments, parse_tools
+from lit_sft.data.conversation import normalize_messages
 from lit_sft.data.sources import load_source
+from lit_sft.data.tools import parse_tool_arguments, parse_tools
 from lit_sft.errors import ConfigError, InvalidRow
 from lit_sft.gsm8k.prepare import gsm8k
 from lit_sft.io import write_rows

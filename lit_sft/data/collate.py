@@ -24,9 +24,7 @@ class PaddingCollator:
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
 
-    def __call__(
-        self, input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]]
-    ) -> TextBatch:
+    def __call__(self, input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]]) -> TextBatch:
         """Pad ``input_ids`` and ``labels`` (lists of rows) into ``input_ids``, ``attention_mask``, ``labels``."""
         length = max(len(row) for row in input_ids)
         if self.pad_to_multiple_of:
@@ -55,9 +53,7 @@ class PackedCollator:
     the device where rows start.
     """
 
-    def __call__(
-        self, input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]]
-    ) -> TextBatch:
+    def __call__(self, input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]]) -> TextBatch:
         """Pack ``input_ids`` and ``labels`` (lists of rows) into ``input_ids``, ``labels``, ``position_ids``,
         ``cu_seq_lens`` and ``max_row_length``."""
         ids = torch.as_tensor([token for row in input_ids for token in row], dtype=torch.long)

@@ -26,17 +26,18 @@ from lit_sft.data.mixture import (
     load_data_sources,
     plan_mixture,
 )
+from lit_sft.data.render import RewrittenTurns
+from lit_sft.data.row_tokenizer import RowTokenizer
 from lit_sft.data.sampler import MicroBatchSampler
 from lit_sft.data.sources import Source, expand_specs, is_local_path, load_sources
 from lit_sft.data.splits import (
-    RowTokenizer,
     SplitSummary,
     check_columns,
     column,
     split_positions,
     tokenize_split,
 )
-from lit_sft.data.tokenize import RewrittenTurns, TokenizeOptions, Truncation
+from lit_sft.data.tokenize import TokenizeOptions, Truncation
 from lit_sft.errors import ConfigError, DataFileError
 from lit_sft.hub import TokenizerOwner
 from lit_sft.training.distributed import data_parallel_layout
@@ -183,7 +184,9 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
                 f"not data.max_tokens_per_batch, and must be positive; got {global_batch_size}"
             )
         if drop_last and max_tokens_per_batch is not None:
-            raise ConfigError("data.drop_last needs fixed-size micro-batches (data.batch_size), not max_tokens_per_batch")
+            raise ConfigError(
+                "data.drop_last needs fixed-size micro-batches (data.batch_size), not max_tokens_per_batch"
+            )
         if packing and max_tokens_per_batch is None and global_batch_size is None:
             if max_length is None:
                 raise ConfigError("data.packing needs data.max_tokens_per_batch (or data.max_length)")
@@ -271,9 +274,10 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         if not self.data_sources:
             raise ConfigError("data.train_files is not set")
         _ = self.tokenizer  # configuration mistakes first, before any data is read
-        train_sources, ranges = load_data_sources(
+        labeled, ranges = load_data_sources(
             self.data_sources, self.format_options, lambda spec: self._load_one(spec, "train")
         )
+        train_sources: list[Source] = list(labeled)  # the same LabeledSource objects, as plain sources
         sizes = [len(source.dataset) for source in train_sources]
         if self.val_files:
             val_sources = self._load(self.val_files, "test")
@@ -414,7 +418,9 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         return self._loader(self.val_dataset, self._sampler(self.val_dataset, self.val_batch_size, False, 1))
 
 
-def accumulation_for(global_batch_size: int, batch_size: int, data_parallel_size: int, configured: int = 1) -> int:
+def accumulation_for(
+    global_batch_size: int, batch_size: int, data_parallel_size: int, configured: int = 1
+) -> int:
     """Micro-batches per optimizer step on each rank so that a step sees ``global_batch_size`` rows.
 
     Args:

@@ -36,7 +36,9 @@ def cut_sides(tokenize_options: Any, cut: int) -> tuple[str, ...]:
 def row_html(tokenizer: Any, input_ids: list[int], labels: list[int], cut: int = 0, sides: tuple = ()) -> str:
     """One row: runs of trained tokens in ``lit-sft-trained`` spans, masked ones in ``lit-sft-masked``
     spans, and a ``lit-sft-cut`` marker at each side truncation cut."""
-    pieces, run, trained = [], [], None
+    pieces: list[str] = []
+    run: list[int] = []
+    trained: bool | None = None
     for token, label in [*zip(input_ids, labels, strict=True), (None, None)]:
         is_trained = label is not None and label != IGNORE_INDEX
         if token is None or (trained is not None and is_trained != trained):

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Required, TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
+from typing_extensions import Required  # typing.Required is 3.11+
 
 from lit_sft.data.conversation import AssistantTurns, FormatOptions, RowFormat
 from lit_sft.data.sources import Source, expand_specs
@@ -129,7 +130,7 @@ class LabeledSource(Source):
     format_options: FormatOptions | None = None
 
 
-TrainFiles = str | Sequence[str | DataSource | dict[str, Any]] | None
+TrainFiles = str | Sequence[str | DataSource | SourceSpec | dict[str, Any]] | None
 
 
 def data_sources(train_files: TrainFiles) -> list[DataSource]:

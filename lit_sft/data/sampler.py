@@ -120,7 +120,9 @@ class MicroBatchSampler(DistributedSampler):
                 per_step = batch_size * num_replicas * accumulate_grad_batches
                 self._rows -= self._rows % per_step
                 if not self._rows:
-                    raise ConfigError(f"data.drop_last: fewer rows ({len(self.num_tokens)}) than one optimizer step ({per_step})")
+                    raise ConfigError(
+                        f"data.drop_last: fewer rows ({len(self.num_tokens)}) than one optimizer step ({per_step})"
+                    )
             num_global = -(-self._rows // batch_size)
         elif packing:
             self._groups = pack_best_fit_decreasing(self.num_tokens, max_tokens_per_batch)
@@ -161,9 +163,11 @@ class MicroBatchSampler(DistributedSampler):
 
     def _epoch_micro_batches(self, epoch: int) -> list[np.ndarray]:
         """Micro-batches of the rows ``epoch_rows(epoch)`` chose, grouped (or packed) for this epoch."""
+        assert self.epoch_rows is not None  # only called when rows are chosen per epoch
         rows = np.asarray(self.epoch_rows(epoch), dtype=np.int64)
         rng = self._rng(epoch)
         if self.max_tokens_per_batch is None:
+            assert self.batch_size is not None  # no token budget: fixed-size batches (checked in __init__)
             return fixed_size_batches(
                 rows[rng.permutation(len(rows))] if self.shuffle else rows, self.batch_size
             )

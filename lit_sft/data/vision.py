@@ -32,15 +32,10 @@ from lit_sft.batch import IGNORE_INDEX, VisionBatch
 from lit_sft.data.collate import PackedCollator, PaddingCollator
 from lit_sft.data.conversation import Conversation, FormatOptions, row_to_conversation
 from lit_sft.data.datamodule import SFTDataModule
-from lit_sft.data.splits import (
-    IMAGE_TRUNCATED,
-    TOKENIZED_FEATURES,
-    RejectedRow,
-    RowTokenizer,
-    check_columns,
-)
+from lit_sft.data.render import ConversationRenderer
+from lit_sft.data.row_tokenizer import IMAGE_TRUNCATED, TOKENIZED_FEATURES, RejectedRow, RowTokenizer
+from lit_sft.data.splits import check_columns
 from lit_sft.data.tokenize import (
-    ConversationRenderer,
     TokenizeOptions,
     tokenize_rendered,
     truncate,

@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from lit_sft.data.conversation import Conversation
-from lit_sft.data.tokenize import ConversationRenderer
+from lit_sft.data.render import ConversationRenderer
 from lit_sft.errors import InvalidRow
 
 

@@ -24,6 +24,7 @@ from lit_sft.model.attention import resolve_attention
 from lit_sft.model.hf import base_model
 
 if TYPE_CHECKING:
+    from lit_sft.model.loss import LossOptions
     from lit_sft.model.module import SFTModule
 
 #: Config attributes that hold a dropout probability, across model families.
@@ -92,6 +93,42 @@ def apply_dropout(config: Any, probability: float) -> list[str]:
     for name in names:
         setattr(config, name, probability)
     return names
+
+
+def check_module_options(
+    model_name_or_path: str | None,
+    model_config: dict[str, Any] | None,
+    dtype: str,
+    loss_options: LossOptions,
+    neftune_noise_alpha: float | None,
+    skip_nonfinite_steps: int,
+    sequence_parallel_size: int,
+) -> LossOptions:
+    """Check `SFTModule`'s options (before anything is loaded); return ``loss_options``.
+
+    Raises:
+        ConfigError: Naming the first option that is wrong.
+    """
+    if (model_name_or_path is None) == (model_config is None):
+        raise ConfigError("set exactly one of model.model_name_or_path and model.model_config")
+    if model_config is not None and "model_type" not in model_config:
+        raise ConfigError("model.model_config needs a model_type (e.g. qwen2, llama)")
+    torch_dtype(dtype, "model.dtype")
+    if loss_options.implementation not in ("chunked", "plain", "liger"):
+        raise ConfigError(
+            f"model.loss.implementation must be chunked, plain or liger; got {loss_options.implementation!r}"
+        )
+    if loss_options.type not in ("nll", "dft"):
+        raise ConfigError(f"model.loss.type must be nll or dft; got {loss_options.type!r}")
+    if neftune_noise_alpha is not None and neftune_noise_alpha < 0:
+        raise ConfigError(f"model.neftune_noise_alpha must not be negative; got {neftune_noise_alpha}")
+    if loss_options.chunk_size < 1 or skip_nonfinite_steps < 0:
+        raise ConfigError(
+            "model.loss.chunk_size must be positive and model.skip_nonfinite_steps not negative"
+        )
+    if sequence_parallel_size < 1:
+        raise ConfigError("model.sequence_parallel_size must be at least 1")
+    return loss_options
 
 
 def import_class(dotted_path: str) -> Any:

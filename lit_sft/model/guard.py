@@ -12,6 +12,7 @@ from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch import Trainer
 
 from lit_sft.errors import TrainingError
+from lit_sft.model.token_losses import TOKEN_METRICS
 
 log = logging.getLogger("lit_sft")
 
@@ -101,6 +102,35 @@ class StepAccounting:
             f"lit_sft: step {step} skipped: non-finite loss or gradient (loss {loss_text}, gradient norm "
             f"{norm_text}); {self.skipped_steps} of {self.skip_nonfinite_steps} allowed"
         )
+
+    def end_step(
+        self, trainer: Trainer, parameters: list[torch.nn.Parameter], lr: float
+    ) -> list[tuple[str, Any, dict[str, Any]]]:
+        """Guard the optimizer step about to be taken (`guard_nonfinite`), add its tokens to the totals, and
+        say what to log for it: ``(name, value, further LightningModule.log options)`` for the step's loss, the
+        gradient norm of ``parameters`` (before clipping), the token metrics, the learning rate ``lr``, the
+        tokens seen and the skipped steps.
+        """
+        grad_norm = gradient_norm(parameters)
+        step_loss = self.take_loss()
+        self.guard_nonfinite(trainer, step_loss, grad_norm, parameters)
+        logs: list[tuple[str, Any, dict[str, Any]]] = []
+        if grad_norm is not None:
+            logs.append(("train/grad_norm", grad_norm, {}))
+        if step_loss is not None:
+            # Each rank holds its micro-batches' share of the step mean; their sum is the step mean.
+            logs.append(("train/loss", step_loss, {"prog_bar": True, "sync_dist": True, "reduce_fx": "sum"}))
+        step_metrics = self.take_metrics()
+        if step_metrics is not None:  # shares of the step's per-token means, like the loss
+            for name, value in zip(TOKEN_METRICS, step_metrics, strict=True):
+                logs.append((f"train/{name}", value, {"sync_dist": True, "reduce_fx": "sum"}))
+        self.finish_step()
+        logs.append(("train/lr", lr, {}))
+        logs.append(("train/trained_tokens_seen", float(self.totals["trained_tokens"]), {}))
+        logs.append(("train/tokens_seen", float(self.totals["tokens"]), {}))
+        if self.skipped_steps:
+            logs.append(("train/skipped_steps", float(self.skipped_steps), {}))
+        return logs
 
 
 def gradient_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor | None:

@@ -20,13 +20,14 @@ from transformers import PreTrainedModel
 
 from lit_sft.batch import TextBatch
 from lit_sft.errors import ConfigError
-from lit_sft.hub import DTypeName, TokenizerOwner, torch_dtype
+from lit_sft.hub import DTypeName, TokenizerOwner
 from lit_sft.model import sequence_parallel
 from lit_sft.model.acceleration import compile_layers, offload_activations
 from lit_sft.model.attention import READS_ROW_OFFSETS, offsets_kwargs, resolve_attention
 from lit_sft.model.build import (
     LoraOptions,
     build_causal_lm,
+    check_module_options,
     load_kwargs,
     load_module,
     prepare_for_training,
@@ -34,7 +35,6 @@ from lit_sft.model.build import (
 from lit_sft.model.guard import (
     StepAccounting,
     all_rank_rng_states,
-    gradient_norm,
     rank_rng_state,
     restore_rng_states,
 )
@@ -149,26 +149,15 @@ class SFTModule(TokenizerOwner, LightningModule):
         loss_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        if (model_name_or_path is None) == (model_config is None):
-            raise ConfigError("set exactly one of model.model_name_or_path and model.model_config")
-        if model_config is not None and "model_type" not in model_config:
-            raise ConfigError("model.model_config needs a model_type (e.g. qwen2, llama)")
-        torch_dtype(dtype, "model.dtype")
-        loss_options = resolve_loss_options(loss, loss_implementation, loss_chunk_size)
-        if loss_options.implementation not in ("chunked", "plain", "liger"):
-            raise ConfigError(
-                f"model.loss.implementation must be chunked, plain or liger; got {loss_options.implementation!r}"
-            )
-        if loss_options.type not in ("nll", "dft"):
-            raise ConfigError(f"model.loss.type must be nll or dft; got {loss_options.type!r}")
-        if neftune_noise_alpha is not None and neftune_noise_alpha < 0:
-            raise ConfigError(f"model.neftune_noise_alpha must not be negative; got {neftune_noise_alpha}")
-        if loss_options.chunk_size < 1 or skip_nonfinite_steps < 0:
-            raise ConfigError(
-                "model.loss.chunk_size must be positive and model.skip_nonfinite_steps not negative"
-            )
-        if sequence_parallel_size < 1:
-            raise ConfigError("model.sequence_parallel_size must be at least 1")
+        loss_options = check_module_options(
+            model_name_or_path,
+            model_config,
+            dtype,
+            resolve_loss_options(loss, loss_implementation, loss_chunk_size),
+            neftune_noise_alpha,
+            skip_nonfinite_steps,
+            sequence_parallel_size,
+        )
         self.save_hyperparameters(
             ignore=[
                 "optimizer",
@@ -377,24 +366,10 @@ class SFTModule(TokenizerOwner, LightningModule):
         """Guard against non-finite steps; log the step's loss, the gradient norm (before clipping), the
         learning rate and tokens seen."""
         parameters = [p for p in self.trainable_parameters() if p.grad is not None]
-        grad_norm = gradient_norm(parameters)
-        step_loss = self.steps.take_loss()
-        self.steps.guard_nonfinite(self.trainer, step_loss, grad_norm, parameters)
-        if grad_norm is not None:
-            self.log("train/grad_norm", grad_norm, on_step=True)
-        if step_loss is not None:
-            # Each rank holds its micro-batches' share of the step mean; their sum is the step mean.
-            self.log("train/loss", step_loss, on_step=True, prog_bar=True, sync_dist=True, reduce_fx="sum")
-        step_metrics = self.steps.take_metrics()
-        if step_metrics is not None:  # shares of the step's per-token means, like the loss
-            for name, value in zip(TOKEN_METRICS, step_metrics, strict=True):
-                self.log(f"train/{name}", value, on_step=True, sync_dist=True, reduce_fx="sum")
-        self.steps.finish_step()
-        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True)
-        self.log("train/trained_tokens_seen", float(self.steps.totals["trained_tokens"]), on_step=True)
-        self.log("train/tokens_seen", float(self.steps.totals["tokens"]), on_step=True)
-        if self.skipped_steps:
-            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True)
+        for name, value, options in self.steps.end_step(
+            self.trainer, parameters, optimizer.param_groups[0]["lr"]
+        ):
+            self.log(name, value, on_step=True, **options)
 
     def on_validation_epoch_start(self) -> None:
         # ``validate`` runs in inference mode and validation inside ``fit`` does not; metric states made in

@@ -5,10 +5,10 @@ import pytest
 from lit_sft.data.conversation import (
     FormatOptions,
     get_path,
-    parse_tools,
     resolve_format,
     row_to_conversation,
 )
+from lit_sft.data.tools import parse_tools
 from lit_sft.errors import InvalidRow
 
 PR = FormatOptions(prompt_key="question", response_key="answer")

@@ -16,7 +16,8 @@ import pytest
 
 from lit_sft.data.conversation import FormatOptions, row_to_conversation
 from lit_sft.data.datamodule import SFTDataModule
-from lit_sft.data.tokenize import IGNORE_INDEX, ConversationRenderer, tokenize_rendered
+from lit_sft.data.render import ConversationRenderer
+from lit_sft.data.tokenize import IGNORE_INDEX, tokenize_rendered
 from lit_sft.errors import InvalidRow, RowError
 from tests.helpers import write_jsonl
 from tests.real_vocab import (

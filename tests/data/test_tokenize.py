@@ -5,9 +5,9 @@ import json
 import pytest
 
 from lit_sft.data.conversation import Conversation, FormatOptions, row_to_conversation
+from lit_sft.data.render import ConversationRenderer
 from lit_sft.data.tokenize import (
     IGNORE_INDEX,
-    ConversationRenderer,
     TokenizeOptions,
     label_tokens,
     tokenize_rendered,
