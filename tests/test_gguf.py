@@ -87,8 +87,10 @@ def test_the_smollm2_recipe_fine_tunes_the_gguf_model_and_exports_it(tmp_path, g
             "--trainer.limit_val_batches", "0",
             "--trainer.callbacks", "[]",
             "--trainer.default_root_dir", str(root),
-            # LoRA here (the recipe is full fine-tuning): a small, low-rank change that keeps what the model
-            # knows, so the export must still answer a plain question.
+            # LoRA here (the recipe is full fine-tuning): the original model's first answer token is a near tie
+            # ("The" 0.152, "L" 0.140), which three full fine-tuning steps at 2e-5 flip into "L'Étoile, ..."
+            # exactly as a plain PyTorch loop does (docs/benchmarks/smollm2_full_ft_check.md); not a bug, but no
+            # test of the export either. LoRA makes a smaller, low-rank change.
             "--model.init_args.lora", "{r: 8, alpha: 16, target_modules: [q_proj, k_proj, v_proj, o_proj]}",
             "--model.init_args.optimizer.init_args.lr", "2e-4",
         ]
