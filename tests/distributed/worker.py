@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from lit_sft import SFTDataModule, SFTModule
 from lit_sft.callbacks import GSM8KEvaluation, HFExport
+from lit_sft.commands.fit import close_process_group
 from lit_sft.model import LoraOptions
 from lit_sft.training.strategies import FSDP2Strategy
 from tests.helpers import arithmetic_data, tiny_model_config
@@ -110,6 +111,9 @@ def main() -> None:
     if trainer.global_rank == 0:
         metrics = {name: float(trainer.callback_metrics[f"train/{name}"]) for name in METRICS}
         torch.save({**metrics, "grads": capture.grads}, args.out)
+    # As `lit-sft` does: every rank leaves the process group together before the interpreter exits (a rank
+    # that exits with gloo's transport threads alive aborts: "terminate called without an active exception").
+    close_process_group()
 
 
 #: The per-step values compared across world sizes (per-token means over the step, all ranks together).
