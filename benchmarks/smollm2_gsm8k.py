@@ -130,7 +130,7 @@ def run_trl(model_dir: str, train: str, args: argparse.Namespace) -> dict[str, f
         max_length=512,
         learning_rate=args.lr,
         lr_scheduler_type="cosine",
-        warmup_ratio=0.05,
+        warmup_steps=0.05,  # transformers 5: a float below 1 is a ratio of the steps
         weight_decay=0.0,
         completion_only_loss=True,
         logging_steps=1,
