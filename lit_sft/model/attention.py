@@ -201,7 +201,9 @@ def _compiled_flex() -> Any:
     return torch.compile(flex_attention)
 
 
-_FLEX_MASKS: dict[tuple[int, int, int | None, bool], Any] = {}
+#: The last block mask, with the offsets tensor it was built from (held, so that its id cannot be reused by a
+#: later batch's offsets and hand that batch a stale mask).
+_FLEX_MASKS: dict[tuple[int, int | None, bool], tuple[torch.Tensor, Any]] = {}
 
 
 def _flex(
@@ -218,8 +220,9 @@ def _flex(
     from torch.nn.attention.flex_attention import create_block_mask
 
     total = query.shape[2]
-    cache_key = (id(offsets), total, sliding_window, causal)
-    block_mask = _FLEX_MASKS.get(cache_key)
+    cache_key = (total, sliding_window, causal)
+    cached = _FLEX_MASKS.get(cache_key)
+    block_mask = cached[1] if cached is not None and cached[0] is offsets else None
     if block_mask is None:
         document = torch.searchsorted(
             offsets[1:].to(query.device), torch.arange(total, device=query.device), right=True
@@ -235,7 +238,7 @@ def _flex(
 
         block_mask = create_block_mask(keep, 1, None, total, total, device=query.device)
         _FLEX_MASKS.clear()
-        _FLEX_MASKS[cache_key] = block_mask
+        _FLEX_MASKS[cache_key] = (offsets, block_mask)
     return _compiled_flex()(
         query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=key.shape[1] != query.shape[1]
     )
