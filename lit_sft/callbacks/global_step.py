@@ -70,7 +70,7 @@ class GlobalStepCheckpoint(ModelCheckpoint):
         super()._save_checkpoint(trainer, filepath)
         folder = os.path.dirname(filepath)
         if self.export_hf:  # every rank: a sharded model is gathered collectively
-            self._hf._export(
+            self._hf.export(
                 trainer, trainer.lightning_module, os.path.join(os.path.basename(folder), HF_FOLDER)
             )
         if trainer.is_global_zero:

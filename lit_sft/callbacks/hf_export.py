@@ -49,7 +49,8 @@ class HFExport(Callback):
         self.exported: list[str] = []
         self._last_step = 0
 
-    def _export(self, trainer: Trainer, pl_module: LightningModule, name: str) -> None:
+    def export(self, trainer: Trainer, pl_module: LightningModule, name: str) -> None:
+        """Export the model as it is now to ``<dirpath>/<name>`` (every rank calls it: sharded models are gathered)."""
         model = pl_module.model
         if is_sharded(trainer):  # every rank takes part in gathering; rank 0 loads an unsharded copy
             state = gather_full_state_dict(trainer)
@@ -83,8 +84,8 @@ class HFExport(Callback):
             and step != self._last_step
         ):
             self._last_step = step
-            self._export(trainer, pl_module, f"step-{step}")
+            self.export(trainer, pl_module, f"step-{step}")
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._export(trainer, pl_module, "final")
+        self.export(trainer, pl_module, "final")
