@@ -7,11 +7,19 @@ arguments (``cu_seq_lens_q/k``, ``max_length_q/k``), so the forward needs no dev
 
 Where the attention runs, by what the machine has:
 
-* CUDA, bf16/fp16, ``torch.nn.attention.varlen.varlen_attn`` (PyTorch 2.9+): FlashAttention's variable-length
-  kernel, O(total) memory, no mask at all.
-* CUDA without it: ``flex_attention`` with a document block mask built once per forward pass.
-* Otherwise (CPU; fp32 on CUDA; attention dropout in training): SDPA row by row on CPU, or SDPA with a
-  block-diagonal mask on CUDA (both exact, the second O(total²) like the ``sdpa`` path).
+* CUDA, bf16/fp16, ``torch.nn.attention.varlen.varlen_attn`` (PyTorch 2.10+): FlashAttention's variable-length
+  kernel, O(total) memory, no mask at all. Its ``window_size`` (sliding windows) came in a later release and
+  its ``enable_gqa`` in 2.13: a sliding-window model goes to ``flex`` where the kernel has no window, and
+  key/value heads are repeated for grouped-query attention where it has no ``enable_gqa``.
+* CUDA without it: ``flex_attention`` with a document block mask built once per forward pass, straight from
+  the row offsets (O((total/128)²) booleans, never a total×total mask).
+* Otherwise (CPU; fp32 on CUDA; attention dropout in training): SDPA row by row on CPU (O(row²) memory), or
+  SDPA with a block-diagonal mask on CUDA (both exact, the second O(total²) like the ``sdpa`` path).
+
+Under autocast, query, key and value are first cast to autocast's dtype, as transformers' flash-attention path
+does: the projections run in bf16, but RoPE multiplies query and key by float32 tables, and the kernels refuse
+(or, flex's backward, fail on) mixed dtypes. The choice is `choose_packed_kernel`, a pure function of the
+device, the dtypes and what this PyTorch has, so that a CPU test can see what CUDA would pick.
 
 Batches without ``cu_seq_lens`` work too: padded batches and generation get SDPA with transformers' own
 padding mask (`varlen_mask`), and a packed batch without offsets has them derived from its ``position_ids``
@@ -79,13 +87,14 @@ def _has_flash_attn_package() -> bool:
 
 
 def resolve_attention(requested: str | None, packing: bool = False, on_cuda: bool = False) -> str:
-    """The attention implementation to load the model with: ``requested``, or for ``auto``: on a CUDA GPU with
-    packed batches ``flash_attention_2`` when the flash-attn package is installed, else ``varlen``; ``sdpa``
-    otherwise (padded batches, CPU)."""
+    """The attention implementation to load the model with: ``requested``, or for ``auto``: with packed
+    batches, on a CUDA GPU ``flash_attention_2`` when the flash-attn package is installed, else ``varlen``
+    (also on CPU, where it runs SDPA row by row: O(row²) memory where ``sdpa`` builds a total×total mask);
+    ``sdpa`` for padded batches."""
     if requested not in (None, "auto"):
         return requested
-    if packing and on_cuda:
-        return "flash_attention_2" if _has_flash_attn_package() else VARLEN
+    if packing:
+        return "flash_attention_2" if on_cuda and _has_flash_attn_package() else VARLEN
     return "sdpa"
 
 
@@ -182,6 +191,8 @@ def _varlen(
         query = query * (scaling * query.shape[-1] ** 0.5)
     if "window_size" in parameters:
         kwargs["window_size"] = ((sliding_window - 1) if sliding_window else -1, 0 if causal else -1)
+    elif sliding_window:  # `choose_packed_kernel` never sends one here: losing it would be silent
+        raise ValueError("this PyTorch's varlen_attn has no window_size for a sliding window")
     else:
         kwargs["is_causal"] = causal
     offsets = offsets.to(device=query.device, dtype=torch.int32)
@@ -201,6 +212,95 @@ def _compiled_flex() -> Any:
     return torch.compile(flex_attention)
 
 
+#: flex_attention's block size (``create_block_mask``'s default), in positions along query and key.
+FLEX_BLOCK = 128
+
+
+def document_block_mask(
+    offsets: torch.Tensor,
+    total: int,
+    causal: bool,
+    sliding_window: int | None,
+    device: torch.device,
+    block: int = FLEX_BLOCK,
+) -> Any:
+    """flex_attention's ``BlockMask`` keeping each packed row to itself, built from the row offsets alone:
+    the same mask as ``create_block_mask`` (uncompiled, it materialises a total×total mask) with
+    O((total/block)²) memory, and no device sync.
+
+    A pair of blocks is skipped when no query of the one may attend to a key of the other, runs without its
+    mask (full) when all may, and is masked by ``mask_mod`` otherwise. Rows are contiguous, so two different
+    blocks share at most one row, the one running from the earlier block's last position to the later
+    block's first, and whether any or all of their pairs are allowed follows from the blocks' end points.
+
+    Args:
+        offsets: The rows' cumulative offsets ``[0, len0, len0 + len1, ..., total]``.
+        total: The packed sequence's length.
+        causal: Keys after the query are masked.
+        sliding_window: Keys at or beyond this distance before the query are masked.
+        device: Where the attention runs.
+        block: The block size (queries and keys).
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    ends = offsets[1:].to(device=device, dtype=torch.int64)
+    document = torch.searchsorted(ends, torch.arange(total, device=device), right=True)
+    blocks = -(-total // block)
+    first = torch.arange(blocks, device=device) * block  # each block's first position
+    last = torch.clamp(first + block, max=total) - 1  # and its last (the final block may be short)
+    whole = (last - first + 1) == block  # padding past ``total`` counts as masked, as in create_block_mask
+    q_first, q_last, kv_first, kv_last = first[:, None], last[:, None], first[None, :], last[None, :]
+    # Two blocks share a row when the earlier one's last position and the later one's first are in it (on
+    # the diagonal, the block's own ends: the diagonal always has pairs, ``q == k``, whatever that says).
+    before = kv_last < q_first
+    shared = torch.where(
+        before,
+        document[last][None, :] == document[first][:, None],
+        document[last][:, None] == document[first][None, :],
+    )
+    diagonal = q_first == kv_first
+    one_row = (document[first][:, None] == document[last][:, None]) & (
+        document[first][None, :] == document[last][None, :]
+    )
+    any_allowed = shared | diagonal
+    same_row = document[first][:, None] == document[first][None, :]
+    all_allowed = whole[:, None] & whole[None, :] & one_row & same_row
+    if causal:
+        any_allowed &= before | diagonal
+        all_allowed &= kv_last <= q_first
+    if sliding_window:
+        # Some pair q - window < k: the latest key against the earliest query; every pair: the earliest key
+        # against the latest query.
+        any_allowed &= kv_last > q_first - sliding_window
+        all_allowed &= kv_first > q_last - sliding_window
+
+    def keep(batch: Any, head: Any, q_index: Any, kv_index: Any) -> Any:
+        allowed = document[q_index] == document[kv_index]
+        if causal:
+            allowed = allowed & (kv_index <= q_index)
+        if sliding_window:
+            allowed = allowed & (kv_index > q_index - sliding_window)
+        return allowed
+
+    def ordered(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per query block, how many key blocks and which (first), as ``BlockMask`` takes them."""
+        dense = dense.to(torch.int32)[None, None]
+        indices = torch.argsort(dense, dim=-1, descending=True, stable=True)
+        return dense.sum(-1).to(torch.int32), indices.to(torch.int32)
+
+    partial_counts, partial_indices = ordered(any_allowed & ~all_allowed)
+    full_counts, full_indices = ordered(all_allowed)
+    return BlockMask.from_kv_blocks(
+        partial_counts,
+        partial_indices,
+        full_counts,
+        full_indices,
+        BLOCK_SIZE=block,
+        mask_mod=keep,
+        seq_lengths=(total, total),
+    )
+
+
 #: The last block mask, with the offsets tensor it was built from (held, so that its id cannot be reused by a
 #: later batch's offsets and hand that batch a stale mask).
 _FLEX_MASKS: dict[tuple[int, int | None, bool], tuple[torch.Tensor, Any]] = {}
@@ -217,26 +317,12 @@ def _flex(
 ) -> torch.Tensor:
     """``flex_attention`` with a document mask; ``(1, heads, total, dim)`` in and out. The block mask is built
     once per forward pass (the layers share the offsets tensor) and kept until the next one."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
     total = query.shape[2]
     cache_key = (total, sliding_window, causal)
     cached = _FLEX_MASKS.get(cache_key)
     block_mask = cached[1] if cached is not None and cached[0] is offsets else None
     if block_mask is None:
-        document = torch.searchsorted(
-            offsets[1:].to(query.device), torch.arange(total, device=query.device), right=True
-        )
-
-        def keep(batch: Any, head: Any, q_index: Any, kv_index: Any) -> Any:
-            allowed = document[q_index] == document[kv_index]
-            if causal:
-                allowed = allowed & (kv_index <= q_index)
-            if sliding_window:
-                allowed = allowed & (kv_index > q_index - sliding_window)
-            return allowed
-
-        block_mask = create_block_mask(keep, 1, None, total, total, device=query.device)
+        block_mask = document_block_mask(offsets, total, causal, sliding_window, query.device)
         _FLEX_MASKS.clear()
         _FLEX_MASKS[cache_key] = (offsets, block_mask)
     return _compiled_flex()(
@@ -287,15 +373,68 @@ def _rows(
     )
 
 
-def packed_kernel(query: torch.Tensor, dropout: float = 0.0) -> str:
-    """Which kernel runs a packed batch: ``varlen``, ``flex`` or ``sdpa`` (the exact fallback)."""
-    if query.device.type != "cuda" or dropout > 0:
+#: Dtypes the packed GPU kernels (``varlen_attn``, ``flex_attention`` in lit_sft's use) run in.
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def choose_packed_kernel(
+    device_type: str,
+    dtypes: tuple[torch.dtype, ...],
+    varlen_parameters: frozenset[str] | None,
+    has_flex: bool,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+) -> str:
+    """Which kernel runs a packed batch: ``varlen``, ``flex`` or ``sdpa`` (the exact fallback).
+
+    Args:
+        device_type: Where the attention runs (``cuda``, ``cpu``...): only CUDA has the packed kernels.
+        dtypes: The dtypes of query, key and value as the kernel would receive them.
+        varlen_parameters: The parameter names of this PyTorch's ``varlen_attn``, or None when it has none.
+        has_flex: Whether this PyTorch has ``flex_attention``.
+        dropout: Attention dropout (neither packed kernel has it).
+        sliding_window: The layer's sliding window, if any.
+    """
+    if device_type != "cuda" or dropout > 0:
         return "sdpa"
-    if query.dtype in (torch.float16, torch.bfloat16) and has_varlen_kernel():
+    # Mixed dtypes (no autocast to unify them) and float32 go to SDPA: varlen_attn is half precision only, and
+    # a float32 flex would compile for a start-up probe whose shapes are never seen again.
+    if len(set(dtypes)) != 1 or dtypes[0] not in HALF_DTYPES:
+        return "sdpa"
+    if varlen_parameters is not None and (not sliding_window or "window_size" in varlen_parameters):
         return "varlen"
-    if query.dtype in (torch.float16, torch.bfloat16, torch.float32) and _has_flex_attention():
-        return "flex"
-    return "sdpa"
+    return "flex" if has_flex else "sdpa"
+
+
+def packed_kernel(
+    query: torch.Tensor,
+    dropout: float = 0.0,
+    key: torch.Tensor | None = None,
+    value: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+) -> str:
+    """`choose_packed_kernel` for these tensors on this PyTorch (key and value default to the query's dtype)."""
+    dtypes = tuple(t.dtype for t in (query, key, value) if t is not None)
+    kernel = _varlen_kernel() if has_varlen_kernel() else None
+    return choose_packed_kernel(
+        query.device.type,
+        dtypes,
+        kernel[1] if kernel is not None else None,
+        _has_flex_attention(),
+        dropout,
+        sliding_window,
+    )
+
+
+def autocast_inputs(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query, key and value in autocast's dtype where autocast is on for their device; as they are otherwise."""
+    device_type = query.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return query, key, value
+    dtype = torch.get_autocast_dtype(device_type)
+    return query.to(dtype), key.to(dtype), value.to(dtype)
 
 
 def varlen_attention_forward(
@@ -347,7 +486,8 @@ def varlen_attention_forward(
         return _unpacked(
             module, query, key, value, attention_mask, dropout, scaling, sliding_window, causal, **kwargs
         )
-    kernel = packed_kernel(query, dropout)
+    query, key, value = autocast_inputs(query, key, value)
+    kernel = packed_kernel(query, dropout, key, value, sliding_window)
     if kernel == "varlen":
         output = _varlen(
             query[0].transpose(0, 1),

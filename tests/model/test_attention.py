@@ -138,7 +138,12 @@ def rows_reference(query, key, value, offsets, causal=True):
 
 
 @pytest.mark.parametrize(
-    "release", ["2.9 (is_causal, no GQA, no scale)", "2.10+ (window_size, enable_gqa, scale)"]
+    "release",
+    [
+        "2.9 (is_causal, no GQA, no scale)",
+        "2.11 (window_size, scale, no GQA)",
+        "2.13+ (window_size, enable_gqa, scale)",
+    ],
 )
 def test_the_kernel_adapter_speaks_each_varlen_attn_signature(monkeypatch, release: str) -> None:
     """``varlen_attn`` changed its arguments between releases; a stand-in kernel with each signature (causal
@@ -168,7 +173,13 @@ def test_the_kernel_adapter_speaks_each_varlen_attn_signature(monkeypatch, relea
         scaled = query * (scale * query.shape[-1] ** 0.5)
         return rows_reference(scaled, key, value, cu_seq_q, causal=window_size == (-1, 0))
 
-    kernel = old_kernel if release.startswith("2.9") else new_kernel
+    def kernel_2_11(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
+        calls.append(window_size)
+        assert key.shape[1] == query.shape[1]  # heads repeated for it (enable_gqa came in 2.13)
+        scaled = query * (scale * query.shape[-1] ** 0.5)
+        return rows_reference(scaled, key, value, cu_seq_q, causal=window_size == (-1, 0))
+
+    kernel = {"2.9": old_kernel, "2.11": kernel_2_11}.get(release.split()[0], new_kernel)
     parameters = frozenset(inspect.signature(kernel).parameters)
     monkeypatch.setattr(attention, "_varlen_kernel", lambda: (kernel, parameters))
     generator = torch.Generator().manual_seed(0)
@@ -180,6 +191,19 @@ def test_the_kernel_adapter_speaks_each_varlen_attn_signature(monkeypatch, relea
     )
     torch.testing.assert_close(output, rows_reference(query, key, value, offsets), rtol=1e-5, atol=1e-5)
     assert calls == [True] if release.startswith("2.9") else calls == [(-1, 0)]
+
+
+def test_a_varlen_attn_without_window_size_refuses_a_sliding_window(monkeypatch) -> None:
+    """`choose_packed_kernel` sends sliding windows elsewhere; reaching the kernel anyway must not drop it."""
+
+    def kernel(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False):
+        return query
+
+    parameters = frozenset(inspect.signature(kernel).parameters)
+    monkeypatch.setattr(attention, "_varlen_kernel", lambda: (kernel, parameters))
+    tensor = torch.zeros(6, 2, 4)
+    with pytest.raises(ValueError, match="window_size"):
+        attention._varlen(tensor, tensor, tensor, row_offsets([6]), 6, 0.5, causal=True, sliding_window=3)
 
 
 def test_the_cpu_fallback_runs_each_row_on_its_own() -> None:
@@ -218,7 +242,7 @@ def test_auto_picks_varlen_for_packed_cuda_runs_without_flash_attn(monkeypatch) 
     monkeypatch.setattr(attention, "_has_flash_attn_package", lambda: False)
     assert resolve_attention("auto", packing=True, on_cuda=True) == "varlen"
     assert resolve_attention("auto", packing=False, on_cuda=True) == "sdpa"
-    assert resolve_attention("auto", packing=True, on_cuda=False) == "sdpa"
+    assert resolve_attention("auto", packing=True, on_cuda=False) == "varlen"  # per row on CPU
     assert resolve_attention("eager", packing=True, on_cuda=True) == "eager"
     monkeypatch.setattr(attention, "_has_flash_attn_package", lambda: True)
     assert resolve_attention("auto", packing=True, on_cuda=True) == "flash_attention_2"
