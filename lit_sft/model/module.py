@@ -350,7 +350,7 @@ class SFTModule(TokenizerOwner, LightningModule):
                 "step) for the per-token mean loss; build dataloaders with lit_sft.data.MicroBatchSampler and "
                 "MicroBatchDataset, as SFTDataModule does"
             )
-        with self.neftune.noisy(), offload_activations(self.activation_offloading):
+        with self.neftune.noisy(), offload_activations(self.activation_offloading, self.model):
             loss_sum, _ = self.compute_loss_sum(batch)
         metric_sums = self.token_loss.take_metrics() if self.token_loss is not None else None
         step_trained_tokens = int(batch["step_trained_tokens"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
 import pytest
@@ -60,8 +61,8 @@ def test_offloaded_activations_train_to_the_same_losses(tmp_path, monkeypatch) -
     contexts: list[ActivationOffloading] = []
 
     class Counting(ActivationOffloading):
-        def __init__(self) -> None:
-            super().__init__()
+        def __init__(self, **kwargs) -> None:
+            super().__init__(**kwargs)
             contexts.append(self)
 
     monkeypatch.setattr(acceleration, "ActivationOffloading", Counting)
@@ -78,6 +79,62 @@ def test_offloading_keeps_parameters_and_small_tensors_in_place() -> None:
     activation = torch.randn(64, 64)
     restored = hooks._unpack(hooks._pack(activation))
     assert hooks.offloaded == 1 and torch.equal(restored, activation)
+
+
+class Recording(ActivationOffloading):
+    """Offloading that keeps what it moved, and what it was given."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.moved: list[torch.Tensor] = []
+        self.seen = 0
+
+    def _pack(self, tensor: torch.Tensor) -> object:
+        self.seen += 1
+        if not self.stays(tensor):
+            self.moved.append(tensor)
+        return super()._pack(tensor)
+
+
+@pytest.mark.parametrize("weights", ["trainable", "frozen projections"])
+def test_offloading_under_autocast_leaves_the_weights_bf16_copies_on_the_device(weights: str) -> None:
+    """Under bf16 autocast with float32 weights, every linear layer saves autocast's bf16 copy of its weight;
+    offloading must move the activations and none of those copies (nor give different gradients)."""
+    seed_everything(0)
+    sft = SFTModule(model_config=tiny_model_config(), tokenizer_name_or_path="builtin:byte-chatml")
+    sft.configure_model()
+    if weights != "trainable":
+        for name, parameter in sft.model.named_parameters():
+            parameter.requires_grad_(not name.endswith("proj.weight"))
+    ids = torch.randint(0, 200, (2, 24), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
+
+    def gradients(hooks: ActivationOffloading | None) -> dict[str, torch.Tensor]:
+        sft.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16), hooks or contextlib.nullcontext():
+            loss_sum, _ = sft.compute_loss_sum(batch)
+        loss_sum.backward()
+        return {name: p.grad.clone() for name, p in sft.model.named_parameters() if p.grad is not None}
+
+    hooks = Recording(parameters=sft.model.parameters())
+    offloaded = gradients(hooks)
+    casts = [p.detach().to(torch.bfloat16) for p in sft.model.parameters() if p.dim() == 2]
+
+    def is_weight_copy(tensor: torch.Tensor) -> bool:
+        return any(
+            candidate.shape == cast.shape and torch.equal(candidate, cast)
+            for cast in casts
+            for candidate in (tensor, tensor.mT)
+        )
+
+    projections = sum(name.endswith("proj.weight") for name, _ in sft.model.named_parameters())
+    assert hooks.seen > len(hooks.moved) >= projections  # the activations move, and some tensors stay
+    assert [tensor.shape for tensor in hooks.moved if is_weight_copy(tensor)] == []
+    assert hooks.offloaded == len(hooks.moved)
+    plain = gradients(None)
+    assert plain.keys() == offloaded.keys() and plain
+    for name, gradient in plain.items():
+        torch.testing.assert_close(offloaded[name], gradient, rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.slow
