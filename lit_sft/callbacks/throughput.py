@@ -15,6 +15,7 @@ from typing_extensions import override
 
 from lit_sft.errors import ConfigError
 from lit_sft.model.hf import base_model
+from lit_sft.model.quantization import weight_count
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -51,7 +52,7 @@ def peak_flops(device: torch.device, precision: str, peak_tflops: float | None =
 @dataclass(frozen=True)
 class TrainingFlops:
     """Model FLOPs of training one token (forward and backward; recomputation by gradient checkpointing not
-    counted, as MFU has it): 2 per weight in the forward pass, 2 for the input gradient, and 2 more for the
+    counted, as MFU has it; a 4-bit weight counts as one, not as its packed bytes): 2 per weight in the forward pass, 2 for the input gradient, and 2 more for the
     weight gradient of trainable weights. Attention scores (QKᵀ and the weighted sum, which grow with the row
     length) are left out: for rows of a few hundred tokens they are a few percent of the total, and MFU is
     then a slight underestimate.
@@ -84,7 +85,7 @@ class TrainingFlops:
         embedding_ids = {id(p) for p in embedding.parameters()} - head_ids
 
         def flops(parameters: list[torch.nn.Parameter]) -> float:
-            return float(sum(4 * p.numel() + (2 * p.numel() if p.requires_grad else 0) for p in parameters))
+            return float(sum((6 if p.requires_grad else 4) * weight_count(p) for p in parameters))
 
         seen: set[int] = set()
         decoder, head_parameters = [], []

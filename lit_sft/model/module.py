@@ -55,6 +55,7 @@ from lit_sft.model.quantization import (
     check_options,
     drop_quantized_base,
     prepare_quantized,
+    weight_count,
 )
 from lit_sft.model.scheduler import SFTAdamW, WarmupDecayLR, takes_unset_argument
 from lit_sft.training.distributed import gradient_average_size
@@ -285,8 +286,8 @@ class SFTModule(TokenizerOwner, LightningModule):
                 shard(model)
             if self.sequence_parallel_size > 1:
                 sequence_parallel.enable(model, self.attn_implementation or "sdpa")
-        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(weight_count(p) for p in self.model.parameters() if p.requires_grad)
+        total = sum(weight_count(p) for p in self.model.parameters())
         log.info(f"model: {type(self.model).__name__}, {total:,} parameters, {trainable:,} trainable")
 
     def build_unsharded(self, state_dict: dict[str, Any]) -> PreTrainedModel:

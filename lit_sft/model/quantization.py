@@ -9,6 +9,7 @@ the export's dtype (`dequantized_merge`).
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,6 +30,7 @@ __all__ = [
     "is_quantized",
     "prepare_quantized",
     "quantization_problems",
+    "weight_count",
 ]
 
 _INSTALL = "pip install -e '.[qlora]'"
@@ -124,6 +126,13 @@ def drop_quantized_base(state_dict: dict[str, Any]) -> dict[str, Any]:
         for name, value in state_dict.items()
         if name not in quantized and not any(marker in name for marker in _QUANT_STATE_MARKERS)
     }
+
+
+def weight_count(parameter: torch.Tensor) -> int:
+    """How many weights ``parameter`` holds: for a bitsandbytes 4-bit parameter (``Params4bit``) the original
+    matrix's size (its ``numel()`` counts the packed bytes, two weights each), else ``numel()``."""
+    shape = getattr(getattr(parameter, "quant_state", None), "shape", None)
+    return math.prod(shape) if shape is not None else parameter.numel()
 
 
 def is_quantized(model: PreTrainedModel) -> bool:

@@ -8,6 +8,7 @@ from functools import partial
 import pytest
 import torch
 from lightning.pytorch import seed_everything
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from lit_sft import LoraOptions, SFTModule
 from lit_sft.callbacks import RunSummary, TrainingThroughput
@@ -15,7 +16,15 @@ from lit_sft.callbacks import throughput as throughput_module
 from lit_sft.callbacks.throughput import TrainingFlops, peak_flops
 from lit_sft.errors import ConfigError
 from lit_sft.model import LossOptions
-from tests.helpers import arithmetic_data, arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
+from lit_sft.model.quantization import QuantizationOptions, quantization_problems
+from tests.helpers import (
+    arithmetic_data,
+    arithmetic_rows,
+    make_tokenizer,
+    quiet_trainer,
+    tiny_model_config,
+    write_jsonl,
+)
 
 
 def tiny(**kwargs) -> SFTModule:
@@ -47,6 +56,40 @@ def test_training_flops_count_six_per_trained_weight_and_four_per_frozen_one() -
     )
     assert lora.per_token == 4 * (decoder + adapters) + 2 * adapters  # frozen weights: no weight gradient
     assert lora.per_head_token == 4 * head
+
+
+@pytest.fixture(scope="module")
+def model_64(tmp_path_factory) -> str:
+    """A tiny model whose layers are wide enough for 4-bit blocks (64 values per block)."""
+    directory = str(tmp_path_factory.mktemp("tiny64"))
+    tokenizer = make_tokenizer()
+    values = tiny_model_config(hidden_size=64, intermediate_size=128)
+    config = AutoConfig.for_model(values.pop("model_type"), vocab_size=len(tokenizer), **values)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_qlora_flops_count_every_4_bit_weight_not_its_packed_bytes(model_64) -> None:
+    pytest.importorskip("bitsandbytes")
+    if quantization_problems(on_gpu=False):
+        pytest.skip("bitsandbytes has no CPU backend here")
+    qlora = SFTModule(
+        model_name_or_path=model_64,
+        lora=LoraOptions(r=4, alpha=8),
+        quantization=QuantizationOptions(bnb_4bit_compute_dtype="float32"),
+    )
+    qlora.configure_model()
+    layer = qlora.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+    assert type(layer.weight).__name__ == "Params4bit" and layer.weight.numel() == 64 * 64 // 2
+    plain = AutoModelForCausalLM.from_pretrained(model_64)  # the same weights, unquantized
+    named = dict(plain.named_parameters())
+    decoder = sum(p.numel() for n, p in named.items() if "embed_tokens" not in n and "lm_head" not in n)
+    adapters = sum(p.numel() for n, p in qlora.model.named_parameters() if "lora_" in n)
+    flops = TrainingFlops.of(qlora)
+    assert flops.per_token == 4 * (decoder + adapters) + 2 * adapters
+    assert flops.per_head_token == 4 * named["lm_head.weight"].numel()
 
 
 def test_peak_flops_by_device_name_and_by_option(monkeypatch) -> None:
