@@ -57,6 +57,7 @@ from lit_sft.model.quantization import (
     prepare_quantized,
 )
 from lit_sft.model.scheduler import SFTAdamW, WarmupDecayLR, takes_unset_argument
+from lit_sft.training.clipping import clip_gradients
 from lit_sft.training.distributed import gradient_average_size
 
 log = logging.getLogger("lit_sft")
@@ -370,6 +371,16 @@ class SFTModule(TokenizerOwner, LightningModule):
             self.trainer, parameters, optimizer.param_groups[0]["lr"]
         ):
             self.log(name, value, on_step=True, **options)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip as Lightning does, and also a fused optimizer under ``bf16-mixed`` (no GradScaler there, so the
+        gradients are already the true ones; Lightning refuses it for every mixed precision)."""
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_validation_epoch_start(self) -> None:
         # ``validate`` runs in inference mode and validation inside ``fit`` does not; metric states made in
