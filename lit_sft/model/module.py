@@ -378,8 +378,9 @@ class SFTModule(TokenizerOwner, LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        """Clip as Lightning does, and also a fused optimizer under ``bf16-mixed`` (no GradScaler there, so the
-        gradients are already the true ones; Lightning refuses it for every mixed precision)."""
+        """Clip as Lightning does, and also where the recipes need it and Lightning refuses: a fused optimizer
+        under ``bf16-mixed`` (no GradScaler, so the gradients are the true ones) and clipping by norm under FSDP
+        (by the root module's ``clip_grad_norm_``); see `lit_sft.training.clipping`."""
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_validation_epoch_start(self) -> None:

@@ -1,8 +1,10 @@
-"""Gradient clipping of a fused AdamW under ``bf16-mixed`` (no GradScaler), and the refusal kept for fp16."""
+"""Gradient clipping of a fused AdamW under ``bf16-mixed`` (no GradScaler) and by norm under FSDP, and the
+refusal kept for fp16."""
 
 from __future__ import annotations
 
 from functools import partial
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -92,3 +94,45 @@ def test_fp16_with_its_grad_scaler_still_refuses_a_fused_optimizer(tmp_path) -> 
     # (Lightning turns precision="16-mixed" into bf16 on a CPU, so the plugin is given directly.)
     with pytest.raises(RuntimeError, match="does not allow for gradient clipping"):
         one_step(tmp_path, clip=1.0, plugins=[MixedPrecision("16-mixed", "cpu")])
+
+
+def test_clipping_by_norm_under_fsdp_uses_the_root_modules_clip_grad_norm(tmp_path) -> None:
+    """Lightning's FSDPPrecision refuses clipping by norm (it has no reference to the root FSDP module); the
+    recipes' FSDP overlay clips by norm, so lit_sft clips through the strategy's root module."""
+    import torch.distributed as dist
+    from lightning.pytorch.plugins.precision import FSDPPrecision
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    from lit_sft.training.clipping import clip_gradients
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        layers = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        reference = {name: p.detach().clone() for name, p in layers.named_parameters()}
+        # device_id: FSDP1 refuses a CPU-only machine unless told the CPU is its device.
+        root = FullyShardedDataParallel(layers, device_id=torch.device("cpu"), use_orig_params=True)
+        inputs = torch.randn(5, 6)
+        root(inputs).pow(2).sum().backward()
+        grads = {
+            name.removeprefix("_fsdp_wrapped_module."): p.grad.clone() for name, p in root.named_parameters()
+        }
+        # The reference gradients, computed without FSDP from the same weights.
+        plain = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        plain.load_state_dict(reference)
+        plain(inputs).pow(2).sum().backward()
+        torch.testing.assert_close(grads, {n: p.grad for n, p in plain.named_parameters()})
+        max_norm = clipped_by_norm(grads, 1.0)[1] / 4
+        expected, _ = clipped_by_norm(grads, max_norm)
+
+        plugin = FSDPPrecision("bf16-mixed")
+        optimizer = torch.optim.AdamW(root.parameters(), fused=True)
+        with pytest.raises(MisconfigurationException, match="is currently not supported for `FSDPPrecision`"):
+            plugin.clip_gradients(optimizer, max_norm, "norm")  # what Lightning alone does
+        trainer = SimpleNamespace(precision_plugin=plugin, strategy=SimpleNamespace(model=root))
+        clip_gradients(SimpleNamespace(trainer=trainer), optimizer, max_norm, None)
+        clipped = {name.removeprefix("_fsdp_wrapped_module."): p.grad for name, p in root.named_parameters()}
+        torch.testing.assert_close(clipped, expected, rtol=1e-5, atol=1e-8)
+    finally:
+        dist.destroy_process_group()
