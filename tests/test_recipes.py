@@ -120,11 +120,8 @@ def with_local_data(values: dict[str, Any], files: dict[str, str]) -> None:
     if isinstance(init_args.get("train_files"), list):  # a mixture: each source by its own format
         for source in init_args["train_files"]:
             source["files"] = files["messages" if source.get("format") == "messages" else "gsm8k"]
-            source["max_samples"] = (
-                32  # per source: max_train_samples would take the first source's rows only
-            )
-        if init_args.get("format") != "messages":
-            init_args["prompt_key"], init_args["response_key"] = "prompt", "extra_info.answer"
+            # Per source: max_train_samples would take the first source's rows only.
+            source["max_samples"] = 32
     elif "train_files" in init_args:
         init_args["train_files"] = files["messages" if init_args.get("format") == "messages" else "gsm8k"]
     if "val_files" in init_args:
@@ -182,14 +179,21 @@ def recipe_run(path: str, tmp_path, files: dict[str, str], model_dir: str) -> li
     return args
 
 
-def run_and_check(args: list[str], tmp_path) -> None:
+def run_and_check(path: str, args: list[str], tmp_path) -> None:
+    """Run ``lit-sft fit``; check the step was taken and validated, with the recipe's own training options."""
     cli = main(args)
     assert cli.trainer.global_step == 1
     metrics = cli.trainer.callback_metrics
     assert math.isfinite(float(metrics["train/loss"])) and math.isfinite(float(metrics["val/loss"]))
-    assert glob.glob(str(tmp_path / "run" / "**" / "*.ckpt"), recursive=True) or not any(
-        type(callback).__name__ == "ModelCheckpoint" for callback in cli.trainer.callbacks
-    )
+    values = merged(composition(path))
+    trainer = values["trainer"]
+    assert cli.trainer.precision == trainer.get("precision", "32-true")
+    assert cli.trainer.gradient_clip_val == trainer.get("gradient_clip_val")
+    assert cli.trainer.accumulate_grad_batches == trainer.get("accumulate_grad_batches", 1)
+    optimizer = values["model"]["init_args"].get("optimizer", {}).get("init_args", {})
+    assert bool(cli.trainer.optimizers[0].defaults.get("fused")) == bool(optimizer.get("fused"))
+    if any(type(callback).__name__ == "ModelCheckpoint" for callback in cli.trainer.callbacks):
+        assert glob.glob(str(tmp_path / "run" / "**" / "*.ckpt"), recursive=True)
 
 
 # FSDP1 cannot run on a machine without an accelerator: Lightning's FSDPStrategy passes device_id=None on a
@@ -216,7 +220,7 @@ def test_every_recipe_takes_one_step_on_a_cpu_as_written(
     path: str, tiny_model_dir: str, recipe_files: dict[str, str], tmp_path, monkeypatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # loggers that write relative to the working directory
-    run_and_check(recipe_run(path, tmp_path, recipe_files, tiny_model_dir), tmp_path)
+    run_and_check(path, recipe_run(path, tmp_path, recipe_files, tiny_model_dir), tmp_path)
 
 
 @pytest.mark.slow
@@ -232,4 +236,4 @@ def test_the_vision_recipe_takes_one_step_on_a_cpu_as_written(
     monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", staticmethod(load_saved_processor))
     monkeypatch.chdir(tmp_path)
     files = {"gsm8k": vision_files["train"], "messages": vision_files["train"], "root": vision_files["root"]}
-    run_and_check(recipe_run(path, tmp_path, files, vision_files["model"]), tmp_path)
+    run_and_check(path, recipe_run(path, tmp_path, files, vision_files["model"]), tmp_path)
