@@ -40,9 +40,26 @@ fi
 MASTER_PORT=${MASTER_PORT:-29500}
 CHECKPOINT_DIR=${CHECKPOINT_DIR:-runs/$(basename "$CONFIG" .yaml)}
 
-TORCHRUN=("$PYTHON" -m torch.distributed.run
-    --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 --shutdown-timeout "${SHUTDOWN_TIMEOUT:-300}"
-    --nnodes "$NNODES" --nproc_per_node "$NPROC_PER_NODE" --node_rank "$NODE_RANK"
+# torchrun forwards only SIGTERM/SIGINT/SIGHUP/SIGQUIT by default: SLURM's SIGUSR1 warning would kill the
+# launcher and orphan the workers. Workers get SHUTDOWN_TIMEOUT seconds (torchrun's default: 30) to finish
+# the step and write last.ckpt before SIGKILL. Both options are newer than some supported torch versions
+# (--signals-to-handle came in 2.9, --shutdown-timeout in 2.12), and an older torchrun's argparse refuses
+# the whole launch over one unknown option, so each is passed only where this torchrun lists it.
+TORCHRUN_HELP=$("$PYTHON" -m torch.distributed.run --help 2>/dev/null || true)
+TORCHRUN=("$PYTHON" -m torch.distributed.run)
+if grep -q -e '--signals-to-handle' <<<"$TORCHRUN_HELP"; then
+    TORCHRUN+=(--signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1)
+else
+    echo "run_sft.sh: this torchrun has no --signals-to-handle (torch < 2.9): SIGUSR1 stops the launcher" \
+        "without a checkpoint; stop runs with SIGTERM" >&2
+fi
+if grep -q -e '--shutdown-timeout' <<<"$TORCHRUN_HELP"; then
+    TORCHRUN+=(--shutdown-timeout "${SHUTDOWN_TIMEOUT:-300}")
+else
+    echo "run_sft.sh: this torchrun has no --shutdown-timeout (torch < 2.12): workers get its fixed 30 s to" \
+        "save after a stop signal, not SHUTDOWN_TIMEOUT" >&2
+fi
+TORCHRUN+=(--nnodes "$NNODES" --nproc_per_node "$NPROC_PER_NODE" --node_rank "$NODE_RANK"
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
 
 if [ -n "${CONFIG_NAME:-}" ]; then
@@ -64,9 +81,6 @@ if [ "$("$PYTHON" -c 'import torch; print(int(torch.cuda.is_available()))')" = "
     ACCELERATOR=(--trainer.accelerator cpu)   # a CPU machine: gloo, one process per NPROC_PER_NODE
 fi
 
-# torchrun forwards only SIGTERM/SIGINT/SIGHUP/SIGQUIT by default: SLURM's SIGUSR1 warning would kill the
-# launcher and orphan the workers. Workers get SHUTDOWN_TIMEOUT seconds (torchrun's default: 30) to finish
-# the step and write last.ckpt before SIGKILL.
 exec "${TORCHRUN[@]}" -m lit_sft fit --config "$CONFIG" "$@" \
     --trainer.num_nodes "$NNODES" --trainer.devices "$NPROC_PER_NODE" \
     --trainer.default_root_dir "$CHECKPOINT_DIR" "${ACCELERATOR[@]}" "${RESUME[@]}"

@@ -58,6 +58,7 @@ from lit_sft.model.quantization import (
     weight_count,
 )
 from lit_sft.model.scheduler import SFTAdamW, WarmupDecayLR, takes_unset_argument
+from lit_sft.training.clipping import clip_gradients
 from lit_sft.training.distributed import gradient_average_size
 
 log = logging.getLogger("lit_sft")
@@ -371,6 +372,17 @@ class SFTModule(TokenizerOwner, LightningModule):
             self.trainer, parameters, optimizer.param_groups[0]["lr"]
         ):
             self.log(name, value, on_step=True, **options)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip as Lightning does, and also where the recipes need it and Lightning refuses: a fused optimizer
+        under ``bf16-mixed`` (no GradScaler, so the gradients are the true ones) and clipping by norm under FSDP
+        (by the root module's ``clip_grad_norm_``); see `lit_sft.training.clipping`."""
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_validation_epoch_start(self) -> None:
         # ``validate`` runs in inference mode and validation inside ``fit`` does not; metric states made in

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -72,7 +73,9 @@ def test_presets_find_the_decoder_layers_of_the_model() -> None:
 def test_run_sft_sh_launches_two_processes_and_resumes(tmp_path) -> None:
     from tests.faults.helpers import config
 
-    path = config(str(tmp_path / "cfg"), 2, strategy={"class_path": "lit_sft.training.strategies.FSDP2Strategy"})
+    path = config(
+        str(tmp_path / "cfg"), 2, strategy={"class_path": "lit_sft.training.strategies.FSDP2Strategy"}
+    )
     env = {
         **os.environ,
         "NPROC_PER_NODE": "2",
@@ -92,6 +95,69 @@ def test_run_sft_sh_launches_two_processes_and_resumes(tmp_path) -> None:
     assert second.returncode == 0, second.stderr[-3000:]
     assert "run_sft.sh: resuming from" in second.stdout
     assert "Restoring states from the checkpoint path" in second.stdout + second.stderr
+
+
+# A stand-in for the environment's interpreter: ``-m torch.distributed.run`` parses the options of one torch
+# release's torchrun with argparse, as torchrun does (so an option that release lacks fails the launch with
+# "unrecognized arguments"), and records what it was given instead of launching; anything else runs the real
+# interpreter.
+FAKE_PYTHON = """#!{python}
+import argparse, json, os, sys
+
+if sys.argv[1:3] != ["-m", "torch.distributed.run"]:
+    os.execv({python!r}, [{python!r}, *sys.argv[1:]])
+parser = argparse.ArgumentParser(prog="torchrun")
+for option in {options!r}:
+    parser.add_argument(option)
+parser.add_argument("-m", "--module", action="store_true")
+parser.add_argument("training_script")
+parser.add_argument("training_script_args", nargs=argparse.REMAINDER)
+parser.parse_args(sys.argv[3:])
+with open(os.environ["TORCHRUN_ARGUMENTS"], "w") as handle:
+    json.dump(sys.argv[3:], handle)
+"""
+TORCHRUN_2_11 = [
+    "--nnodes",
+    "--nproc_per_node",
+    "--node_rank",
+    "--master_addr",
+    "--master_port",
+    "--signals-to-handle",
+]
+
+
+def launch_with_a_fake_torchrun(
+    tmp_path, options: list[str]
+) -> tuple[subprocess.CompletedProcess, list[str]]:
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON.format(python=sys.executable, options=options))
+    python.chmod(0o755)
+    env = {
+        **os.environ,
+        "PYTHON": str(python),
+        "NPROC_PER_NODE": "2",
+        "SHUTDOWN_TIMEOUT": "77",
+        "TORCHRUN_ARGUMENTS": str(tmp_path / "arguments.json"),
+    }
+    command = ["bash", os.path.join(ROOT, "scripts", "run_sft.sh"), "recipe.yaml", "--trainer.max_steps", "2"]
+    launched = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    with open(tmp_path / "arguments.json", encoding="utf-8") as handle:
+        return launched, json.load(handle)
+
+
+def test_run_sft_sh_launches_with_torch_2_11s_torchrun_which_has_no_shutdown_timeout(tmp_path) -> None:
+    launched, arguments = launch_with_a_fake_torchrun(tmp_path, TORCHRUN_2_11)
+    assert "--shutdown-timeout" not in arguments
+    assert arguments[arguments.index("--signals-to-handle") + 1] == "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+    assert arguments[arguments.index("-m") + 1 :][:4] == ["lit_sft", "fit", "--config", "recipe.yaml"]
+    assert "no --shutdown-timeout (torch < 2.12): workers get its fixed 30 s" in launched.stderr
+
+
+def test_run_sft_sh_gives_the_workers_shutdown_timeout_where_torchrun_has_it(tmp_path) -> None:
+    launched, arguments = launch_with_a_fake_torchrun(tmp_path, [*TORCHRUN_2_11, "--shutdown-timeout"])
+    assert arguments[arguments.index("--shutdown-timeout") + 1] == "77"
+    assert "--signals-to-handle" in arguments and "torchrun has no" not in launched.stderr
 
 
 def test_the_entry_point_leaves_the_process_group_before_exiting(tmp_path, monkeypatch) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+import pyarrow.parquet as pq
 import pytest
 
 from lit_sft.data import SFTDataModule
@@ -131,7 +132,10 @@ def test_multiturn_rows_with_tools_train_verls_assistant_tokens_without_the_newl
     ]
     [ours] = lit_sft_rows(tmp_path, tokenizer_dir("qwen"), [{"messages": messages, "tools": tools}],
                           ["data.multiturn.enable=true"])  # fmt: skip
-    verl_ids, loss_mask = verl_multiturn_row(tokenizer, messages, tools)
+    # verl reads the same parquet file: the order of each struct's fields is Arrow's (pyarrow <= 23 sorts them,
+    # 24+ keeps the order written), and the template's `tojson` writes tools and arguments in that order.
+    [stored] = pq.read_table(tmp_path / "rows.parquet").to_pylist()
+    verl_ids, loss_mask = verl_multiturn_row(tokenizer, stored["messages"], stored["tools"])
     assert ours["input_ids"] == verl_ids
     verl_trained = [i for i, marked in enumerate(loss_mask) if marked]
     trained = [i for i, label in enumerate(ours["labels"]) if label != -100]
