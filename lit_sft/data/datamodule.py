@@ -28,7 +28,7 @@ from lit_sft.data.mixture import (
 )
 from lit_sft.data.render import RewrittenTurns
 from lit_sft.data.row_tokenizer import RowTokenizer
-from lit_sft.data.sampler import MicroBatchSampler
+from lit_sft.data.sampler import MicroBatchSampler, micro_batches_per_step
 from lit_sft.data.sources import Source, expand_specs, is_local_path, load_sources
 from lit_sft.data.splits import (
     SplitSummary,
@@ -104,7 +104,10 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
             ``data.train_batch_size``). The gradient accumulation is derived from it: global_batch_size /
             (batch_size x data-parallel size), an error when that does not divide or when
             ``trainer.accumulate_grad_batches`` says otherwise. With ``packing``, each micro-batch packs
-            its ``batch_size`` rows into one sequence (no ``max_tokens_per_batch``).
+            its ``batch_size`` rows into one sequence (no ``max_tokens_per_batch``). With
+            ``max_tokens_per_batch`` (verl's ``use_dynamic_bsz``), each rank splits its share of a step's
+            rows into micro-batches under that budget, and the accumulation is the most micro-batches any
+            step needs (measured on the data; steps needing fewer get one-row fillers that train nothing).
         drop_last: Drop each epoch's last optimizer step when its rows do not fill it (as verl does);
             fixed-size micro-batches only.
         val_batch_size: Rows per validation batch (default: ``batch_size``).
@@ -178,14 +181,12 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
             raise ConfigError(f"data.val_ratio must be in [0, 1), got {val_ratio}")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
-        if global_batch_size is not None and (global_batch_size < 1 or max_tokens_per_batch is not None):
+        if global_batch_size is not None and global_batch_size < 1:
+            raise ConfigError(f"data.global_batch_size must be positive; got {global_batch_size}")
+        if drop_last and max_tokens_per_batch is not None and global_batch_size is None:
             raise ConfigError(
-                "data.global_batch_size counts rows: it needs fixed-size micro-batches (data.batch_size), "
-                f"not data.max_tokens_per_batch, and must be positive; got {global_batch_size}"
-            )
-        if drop_last and max_tokens_per_batch is not None:
-            raise ConfigError(
-                "data.drop_last needs fixed-size micro-batches (data.batch_size), not max_tokens_per_batch"
+                "data.drop_last needs fixed-size micro-batches (data.batch_size) or data.global_batch_size, "
+                "not max_tokens_per_batch alone"
             )
         if packing and max_tokens_per_batch is None and global_batch_size is None:
             if max_length is None:
@@ -328,13 +329,36 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         With ``global_batch_size``, also set the trainer's ``accumulate_grad_batches`` (before any step).
         """
         trainer = getattr(self, "trainer", None)
-        if self.global_batch_size is not None and trainer is not None:
+        token_steps = self.global_batch_size is not None and self.max_tokens_per_batch is not None
+        if self.global_batch_size is not None and trainer is not None and not token_steps:
             data_parallel_size, _ = data_parallel_layout(trainer)
             trainer.accumulate_grad_batches = accumulation_for(
                 self.global_batch_size, self.batch_size, data_parallel_size, trainer.accumulate_grad_batches
             )
         self._build()
+        if token_steps and trainer is not None and self.train_dataset is not None:
+            trainer.accumulate_grad_batches = self._token_step_accumulation(trainer)
         self._log_summaries()
+
+    def _token_step_accumulation(self, trainer: Any) -> int:
+        """Micro-batches per step under ``max_tokens_per_batch``: the most any step of the run needs."""
+        if trainer.accumulate_grad_batches != 1:
+            raise ConfigError(
+                "trainer.accumulate_grad_batches is measured from the data with data.global_batch_size and "
+                "data.max_tokens_per_batch: leave it unset"
+            )
+        assert self.global_batch_size is not None and self.train_dataset is not None  # token steps only
+        sampler = self._sampler(
+            self.train_dataset, self.batch_size, self.shuffle, 1, step_rows=self.global_batch_size
+        )
+        steps_per_epoch = len(sampler) or 1
+        epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else 1
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            needed = -(-trainer.max_steps // steps_per_epoch)
+            epochs = (
+                min(epochs, needed) if trainer.max_epochs is not None and trainer.max_epochs > 0 else needed
+            )
+        return micro_batches_per_step(sampler, epochs)
 
     @rank_zero_only
     def _log_summaries(self) -> None:
@@ -367,6 +391,7 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         shuffle: bool,
         accumulate: int,
         mixture: MixturePlan | None = None,
+        step_rows: int | None = None,
     ) -> MicroBatchSampler:
         world_size, rank, _ = self._trainer_layout()
         return MicroBatchSampler(
@@ -380,8 +405,9 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
             num_replicas=world_size,
             rank=rank,
             accumulate_grad_batches=accumulate,
-            drop_last=self.drop_last and shuffle,
+            drop_last=self.drop_last and shuffle and self.max_tokens_per_batch is None,
             epoch_rows=mixture.rows if mixture is not None else None,
+            step_rows=step_rows,
         )
 
     def _consumed(self) -> int:
@@ -408,7 +434,10 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         if self.train_dataset is None:
             self.setup("fit")
         _, _, accumulate = self._trainer_layout()
-        sampler = self._sampler(self.train_dataset, self.batch_size, self.shuffle, accumulate, self.mixture)
+        step_rows = self.global_batch_size if self.max_tokens_per_batch is not None else None
+        sampler = self._sampler(
+            self.train_dataset, self.batch_size, self.shuffle, accumulate, self.mixture, step_rows
+        )
         return self._loader(self.train_dataset, sampler)
 
     def val_dataloader(self) -> ResumableDataLoader | list:

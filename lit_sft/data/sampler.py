@@ -16,6 +16,11 @@ micro-batches: under a token budget a later epoch's rows may pack into fewer (it
 micro-batches at its end) or more (its last packs are left out), which keeps Lightning's epoch length, the
 learning-rate schedule and resume positions valid.
 
+With ``step_rows`` and a token budget (verl's ``use_dynamic_bsz``), each optimizer step takes ``step_rows``
+shuffled rows, as with fixed-size micro-batches, and each rank packs its share into micro-batches under the
+budget; every step then has the same number of micro-batches on every rank (`micro_batches_per_step`), a
+step that needs fewer getting one-row filler micro-batches of weight 0.
+
 Every rank gets the same number of micro-batches; when the rows do not divide evenly, the last ranks get
 padding micro-batches whose labels are all masked (weight 0), so no rank waits for another and no row is
 duplicated in the loss.
@@ -73,6 +78,9 @@ class MicroBatchSampler(DistributedSampler):
             micro-batches only).
         epoch_rows: ``epoch -> row indices`` (repeats allowed) when not every row is used once an epoch
             (weighted mixtures); deterministic in the epoch, so resuming stays exact.
+        step_rows: Rows per optimizer step over all ranks, each rank's share split under
+            ``max_tokens_per_batch`` into ``accumulate_grad_batches`` micro-batches (the last rows of an
+            epoch that do not fill a step are dropped).
     """
 
     def __init__(
@@ -90,6 +98,7 @@ class MicroBatchSampler(DistributedSampler):
         accumulate_grad_batches: int = 1,
         drop_last: bool = False,
         epoch_rows: Callable[[int], np.ndarray] | None = None,
+        step_rows: int | None = None,
     ) -> None:
         if max_tokens_per_batch is None and (batch_size is None or batch_size < 1):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -109,7 +118,16 @@ class MicroBatchSampler(DistributedSampler):
         self.epoch = 0
         self._start = 0  # micro-batches of the current epoch to skip (set when resuming)
         self.epoch_rows = epoch_rows
-        if epoch_rows is not None:
+        self.step_rows = step_rows
+        if step_rows is not None:
+            self._groups = None
+            self._rows = _whole_steps(len(self.num_tokens), step_rows, num_replicas, max_tokens_per_batch)
+            if epoch_rows is not None:
+                raise ConfigError(
+                    "a weighted mixture needs data.batch_size micro-batches, not a token budget per step"
+                )
+            num_global = self._rows // step_rows * accumulate_grad_batches * num_replicas
+        elif epoch_rows is not None:
             self._groups = None
             num_global = len(self.micro_batches(0))
         elif max_tokens_per_batch is None:
@@ -145,8 +163,51 @@ class MicroBatchSampler(DistributedSampler):
     def _rng(self, epoch: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch])
 
+    def _order(self, epoch: int) -> np.ndarray:
+        count = len(self.num_tokens)
+        return self._rng(epoch).permutation(count) if self.shuffle else np.arange(count)
+
+    def step_shares(self, epoch: int) -> list[list[list[np.ndarray]]]:
+        """With ``step_rows``: for each step of ``epoch``, for each rank, its rows packed under the budget."""
+        assert self.step_rows is not None and self.max_tokens_per_batch is not None  # step mode only
+        group = pack_best_fit_decreasing if self.packing else token_budget_batches
+        order, steps = self._order(epoch)[: self._rows], []
+        for start in range(0, self._rows, self.step_rows):
+            shares = np.split(order[start : start + self.step_rows], self.num_replicas)
+            steps.append(
+                [
+                    [share[m] for m in group(self.num_tokens[share], self.max_tokens_per_batch)]
+                    for share in shares
+                ]
+            )
+        return steps
+
+    def _step_chunks(self, epoch: int) -> tuple[list[np.ndarray], list[int]]:
+        """The micro-batches of ``epoch`` in step mode, fillers (weight 0) included."""
+        chunks, weights = [], []
+        per_step = self.accumulate_grad_batches
+        for step, shares in enumerate(self.step_shares(epoch)):
+            if max(len(groups) for groups in shares) > per_step:
+                raise ConfigError(
+                    f"step {step} of epoch {epoch} needs more than {per_step} micro-batches of at most "
+                    f"{self.max_tokens_per_batch} tokens: set trainer.accumulate_grad_batches from "
+                    "micro_batches_per_step (SFTDataModule does)"
+                )
+            for k in range(per_step):
+                for groups in shares:
+                    if k < len(groups):
+                        chunks.append(groups[k])
+                        weights.append(1)
+                    else:  # the share's shortest row keeps this rank in step at little cost
+                        share = np.concatenate(groups)
+                        chunks.append(share[[int(np.argmin(self.num_tokens[share]))]])
+                        weights.append(0)
+        return chunks, weights
+
     def micro_batches(self, epoch: int) -> list[np.ndarray]:
         """The row indices of every micro-batch of ``epoch``, in order (before sharding across ranks)."""
+        if self.step_rows is not None:
+            return self._step_chunks(epoch)[0]
         if self.epoch_rows is not None:
             return self._epoch_micro_batches(epoch)
         if self._groups is None:
@@ -177,8 +238,11 @@ class MicroBatchSampler(DistributedSampler):
 
     def plan(self, epoch: int) -> list[MicroBatch]:
         """The global plan of ``epoch``: micro-batch ``g`` runs on rank ``g % num_replicas``."""
-        chunks = self.micro_batches(epoch)[: self.total_size]
-        weights = [1] * len(chunks)
+        if self.step_rows is not None:
+            chunks, weights = self._step_chunks(epoch)
+        else:
+            chunks = self.micro_batches(epoch)[: self.total_size]
+            weights = [1] * len(chunks)
         for filler in range(self.total_size - len(chunks)):
             chunks.append(chunks[filler % len(chunks)])
             weights.append(0)
@@ -204,3 +268,31 @@ class MicroBatchSampler(DistributedSampler):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at ``state["start"]`` micro-batches into epoch ``state["epoch"]``."""
         self.epoch, self._start, self.seed = int(state["epoch"]), int(state["start"]), int(state["seed"])
+
+
+def _whole_steps(rows: int, step_rows: int, num_replicas: int, max_tokens_per_batch: int | None) -> int:
+    """The rows of an epoch in whole steps of ``step_rows``, checked."""
+    if max_tokens_per_batch is None:
+        raise ValueError("step_rows needs max_tokens_per_batch")
+    if step_rows % num_replicas:
+        raise ConfigError(
+            f"data.global_batch_size={step_rows} does not divide by the data-parallel size ({num_replicas})"
+        )
+    if rows < step_rows:
+        raise ConfigError(f"fewer rows ({rows}) than one optimizer step (data.global_batch_size={step_rows})")
+    return rows - rows % step_rows
+
+
+def micro_batches_per_step(sampler: MicroBatchSampler, epochs: int) -> int:
+    """The most micro-batches any rank needs in any step of the first ``epochs`` epochs (step mode).
+
+    Args:
+        sampler: A sampler with ``step_rows`` and a token budget (its ``accumulate_grad_batches`` is unused).
+        epochs: The epochs the run will train.
+    """
+    return max(
+        len(groups)
+        for epoch in range(max(epochs, 1))
+        for shares in sampler.step_shares(epoch)
+        for groups in shares
+    )

@@ -254,7 +254,13 @@ IGNORED: dict[str, str] = {
     "model.use_shm": "lit_sft loads the model in place (no shared-memory copy)",
     "trainer.default_hdfs_dir": "lit_sft does not copy checkpoints to HDFS; copy trainer.default_local_dir yourself",
     "data.balance_dp_token": "lit_sft's loss is always the per-token mean over all ranks of the step",
-    "data.ignore_input_ids_mismatch": "lit_sft renders each conversation once, so there is no per-turn mismatch",
+    "data.micro_batch_size": "deprecated in verl's legacy config and never read by verl; "
+    "data.micro_batch_size_per_gpu sets the micro-batch",
+    "data.ignore_input_ids_mismatch": "lit_sft renders each conversation once, so there is no per-turn mismatch; "
+    "where verl trains an assistant reply without the template's think block (Qwen3), lit_sft trains "
+    "'<think>\\n\\n</think>\\n\\n' + content as the template renders it, and splits a conversation whose "
+    "earlier replies the template rewrites into one row per such reply, so rows per step and steps per "
+    "epoch are not verl's (see README, Coming from verl)",
     "engine.use_orig_params": "lit_sft's FSDP preset always uses original parameters",
     "engine.forward_prefetch": "an FSDP1 performance knob lit_sft's preset leaves at its default",
     "engine.use_torch_compile": "used by verl for the entropy computation of RL only",
@@ -277,7 +283,6 @@ IGNORED: dict[str, str] = {
 
 #: Keys lit_sft cannot honour when they differ from the default: an error with the reason.
 UNSUPPORTED: dict[str, str] = {
-    "data.micro_batch_size": "deprecated in verl; use data.micro_batch_size_per_gpu",
     "data.custom_cls.path": "custom verl dataset classes are verl code; use lit_sft's data formats or a "
     "SFTDataModule subclass in a native config",
     "data.custom_cls.name": "custom verl dataset classes are verl code (see data.custom_cls.path)",

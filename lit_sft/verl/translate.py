@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from lit_sft.data.datamodule import accumulation_for
 from lit_sft.errors import ConfigError
 from lit_sft.verl.outputs import loggers, resume_from
 from lit_sft.verl.overrides import VerlConfig
@@ -28,11 +27,13 @@ class Launch:
         world_size: Processes in the run (torchrun's ``WORLD_SIZE``), or None without torchrun.
         local_world_size: Processes on this node (``LOCAL_WORLD_SIZE``).
         cuda: Whether a CUDA device is available.
+        cuda_devices: CUDA devices this machine shows (the processes a run without torchrun starts).
     """
 
     world_size: int | None = None
     local_world_size: int | None = None
     cuda: bool = False
+    cuda_devices: int = 1
 
     @classmethod
     def detect(cls) -> Launch:
@@ -41,7 +42,13 @@ class Launch:
 
         world = os.environ.get("WORLD_SIZE")
         local = os.environ.get("LOCAL_WORLD_SIZE", world)
-        return cls(int(world) if world else None, int(local) if local else None, torch.cuda.is_available())
+        cuda = torch.cuda.is_available()
+        return cls(
+            int(world) if world else None,
+            int(local) if local else None,
+            cuda,
+            torch.cuda.device_count() if cuda else 0,
+        )
 
 
 @dataclass
@@ -89,8 +96,8 @@ def translate(config: VerlConfig, launch: Launch, log_dir: str | None = None) ->
     warnings, notes = list(config.warnings), []
     get = config.get
 
-    # Devices: torchrun decides the process count (verl's trainers do the same); without it, Lightning
-    # starts trainer.n_gpus_per_node processes on a GPU machine and one on a CPU machine.
+    # Devices: torchrun decides the process count (verl's SFT trainers never read n_gpus_per_node: they take
+    # torch.distributed's world); without torchrun, the machine does: all its GPUs, or one CPU process.
     device = get("trainer.device", "cuda")
     if device not in ("cuda", "cpu"):
         raise ConfigError(f"verl key trainer.device={device!r} is not supported: use cuda or cpu")
@@ -107,17 +114,16 @@ def translate(config: VerlConfig, launch: Launch, log_dir: str | None = None) ->
         ):
             if key in config.given and value != actual:
                 warnings.append(f"{key}={value} but torchrun started {actual}: following torchrun")
-    elif accelerator == "gpu":
+    else:
         if nodes > 1:
             raise ConfigError(
                 "trainer.nnodes > 1: launch with torchrun on every node (torchrun ... -m lit_sft verl ...)"
             )
-        devices, num_nodes = gpus, 1
-    else:
-        devices, num_nodes = 1, 1
-        if "trainer.n_gpus_per_node" in config.given and gpus > 1:
+        devices, num_nodes = (max(launch.cuda_devices, 1) if accelerator == "gpu" else 1), 1
+        if "trainer.n_gpus_per_node" in config.given and gpus != devices:
+            where = f"the {devices} GPU(s) of this machine" if accelerator == "gpu" else "one CPU process"
             warnings.append(
-                f"trainer.n_gpus_per_node={gpus} on CPU without torchrun runs one process; "
+                f"trainer.n_gpus_per_node={gpus} without torchrun: running on {where}; "
                 f"use torchrun --nproc_per_node {gpus} -m lit_sft verl ..."
             )
     world = devices * num_nodes
@@ -129,14 +135,6 @@ def translate(config: VerlConfig, launch: Launch, log_dir: str | None = None) ->
     if world % sequence:
         raise ConfigError(f"ulysses_sequence_parallel_size={sequence} does not divide the {world} processes")
     data_parallel = world // sequence
-    global_batch = int(get("data.train_batch_size"))
-    micro = int(get("data.micro_batch_size_per_gpu"))
-    if global_batch % data_parallel:
-        raise ConfigError(
-            f"data.train_batch_size={global_batch} is not divisible by the data-parallel size {data_parallel} "
-            f"({world} processes / ulysses_sequence_parallel_size {sequence})"
-        )
-    accumulation = accumulation_for(global_batch, micro, data_parallel)
     packing = (
         bool(get("use_remove_padding"))
         if legacy
@@ -146,15 +144,13 @@ def translate(config: VerlConfig, launch: Launch, log_dir: str | None = None) ->
         raise ConfigError(
             "ulysses_sequence_parallel_size > 1 needs use_remove_padding=true (verl asserts the same)"
         )
-    if not legacy and get("data.use_dynamic_bsz"):
-        notes.append(
-            "data.use_dynamic_bsz: micro-batches hold micro_batch_size_per_gpu rows; each step still sees "
-            "train_batch_size rows and the loss does not depend on how a step is split"
-        )
+    batches = _batches(config, legacy, data_parallel, sequence, warnings)
 
-    data = _data(config, legacy, micro, global_batch // data_parallel, packing, warnings)
+    data = _data(config, legacy, batches, packing, warnings)
     model = _model(config, legacy, accelerator, sequence)
-    trainer = _trainer(config, legacy, accelerator, devices, num_nodes, accumulation, log_dir, warnings)
+    trainer = _trainer(
+        config, legacy, accelerator, devices, num_nodes, batches.accumulation, log_dir, warnings
+    )
     native: dict[str, Any] = {
         "seed_everything": int(get("trainer.seed", 1)),
         "trainer": trainer,
@@ -165,15 +161,93 @@ def translate(config: VerlConfig, launch: Launch, log_dir: str | None = None) ->
     if resume:
         native["ckpt_path"] = resume
         notes.append(f"resuming from {resume}")
-    notes.append(
-        f"{world} process(es), data-parallel {data_parallel}: {global_batch} rows per step = {micro} x "
-        f"{data_parallel} x accumulation {accumulation}"
-    )
+    if batches.max_tokens is None:
+        notes.append(
+            f"{world} process(es), data-parallel {data_parallel}: {batches.global_rows} rows per step = "
+            f"{batches.micro} x {data_parallel} x accumulation {batches.accumulation}"
+        )
+    else:
+        notes.append(
+            f"{world} process(es), data-parallel {data_parallel}: {batches.global_rows} rows per step, "
+            f"{batches.global_rows // data_parallel} per data-parallel rank in micro-batches of at most "
+            f"{batches.max_tokens} tokens (data.use_dynamic_bsz: max_token_len_per_gpu x "
+            f"ulysses_sequence_parallel_size {sequence}); data.micro_batch_size_per_gpu is not used, as in verl"
+        )
     return Translation(native, warnings, notes)
 
 
+@dataclass(frozen=True)
+class _Batches:
+    """Rows per optimizer step over all data-parallel ranks and how each rank splits its share.
+
+    Attributes:
+        global_rows: Rows per optimizer step (``data.global_batch_size``).
+        micro: Rows per micro-batch (fixed-size micro-batches; also the validation batch).
+        accumulation: Micro-batches per step on each rank (None: measured from the data, token budgets).
+        max_tokens: The token budget of each micro-batch (verl's ``use_dynamic_bsz``), or None.
+    """
+
+    global_rows: int
+    micro: int
+    accumulation: int | None
+    max_tokens: int | None
+
+
+def _batches(
+    config: VerlConfig, legacy: bool, data_parallel: int, sequence: int, warnings: list[str]
+) -> _Batches:
+    """verl's batch arithmetic, with its own checks worded with its keys.
+
+    The legacy trainer asserts that ``train_batch_size`` divides by the data-parallel size and its per-rank
+    share by ``micro_batch_size_per_gpu`` (``_normalize_config_bsz``). The engine trainer takes
+    ``train_batch_size // dp`` rows per rank (``sft_trainer.py``, no check); with ``use_dynamic_bsz`` it splits
+    them into micro-batches of at most ``max_token_len_per_gpu x sp`` tokens (``prepare_micro_batches``),
+    else into ``share // micro_batch_size_per_gpu`` equal chunks (``chunk_tensordict`` asserts they are equal).
+    """
+    get = config.get
+    global_rows, micro = int(get("data.train_batch_size")), int(get("data.micro_batch_size_per_gpu"))
+    layout = f"data-parallel size {data_parallel} (processes / ulysses_sequence_parallel_size {sequence})"
+    if global_rows < 1 or micro < 1:
+        raise ConfigError(
+            f"data.train_batch_size={global_rows} and data.micro_batch_size_per_gpu={micro} must be positive"
+        )
+    share = global_rows // data_parallel
+    if legacy:
+        if global_rows % data_parallel:
+            raise ConfigError(f"data.train_batch_size={global_rows} is not divisible by the {layout}")
+        if share % micro:
+            raise ConfigError(
+                f"data.train_batch_size={global_rows} / {layout} = {share} rows per rank is not divisible by "
+                f"data.micro_batch_size_per_gpu={micro} (verl asserts the same)"
+            )
+        return _Batches(global_rows, micro, share // micro, None)
+    if share < 1:
+        raise ConfigError(f"data.train_batch_size={global_rows} gives no rows to each rank of the {layout}")
+    if global_rows % data_parallel:
+        warnings.append(
+            f"data.train_batch_size={global_rows} is not divisible by the {layout}: each step takes "
+            f"{share * data_parallel} rows ({share} per rank), as verl's sft_trainer does"
+        )
+    if get("data.use_dynamic_bsz"):
+        budget = int(get("data.max_token_len_per_gpu")) * sequence
+        return _Batches(share * data_parallel, micro, None, budget)
+    chunks = share // micro
+    if chunks < 1 or share % chunks:
+        raise ConfigError(
+            f"data.train_batch_size={global_rows} / {layout} = {share} rows per rank does not split into "
+            f"equal micro-batches of about data.micro_batch_size_per_gpu={micro} rows (verl's chunking asserts "
+            "the same with data.use_dynamic_bsz=false)"
+        )
+    if share // chunks != micro:
+        warnings.append(
+            f"data.micro_batch_size_per_gpu={micro}: verl splits the {share} rows per rank into {chunks} "
+            f"micro-batches of {share // chunks} rows; doing the same"
+        )
+    return _Batches(share * data_parallel, share // chunks, chunks, None)
+
+
 def _data(
-    config: VerlConfig, legacy: bool, micro: int, val_batch: int, packing: bool, warnings: list[str]
+    config: VerlConfig, legacy: bool, batches: _Batches, packing: bool, warnings: list[str]
 ) -> dict[str, Any]:
     get = config.get
     data: dict[str, Any] = {
@@ -181,16 +255,19 @@ def _data(
         "val_files": _path(get("data.val_files")),
         "max_length": get("data.max_length", 1024),
         "truncation": get("data.truncation", "error"),
-        "batch_size": micro,
-        "global_batch_size": int(get("data.train_batch_size")),
+        "batch_size": batches.micro,
+        "global_batch_size": batches.global_rows,
         "drop_last": True,  # verl's DistributedSampler and DataLoader both drop_last=True
-        # verl validates with micro_batch_size_per_gpu rows (legacy) or the per-rank train batch (engine).
-        "val_batch_size": micro if legacy else val_batch,
+        # verl's validation forward passes take micro_batch_size_per_gpu rows (legacy; engine without
+        # use_dynamic_bsz), or micro-batches under the same token budget as training (use_dynamic_bsz).
+        "val_batch_size": batches.micro,
         "packing": packing,
         "shuffle": True,
         "seed": int(get("trainer.seed", 1)),
         "template_kwargs": dict(get("data.apply_chat_template_kwargs") or {}),
     }
+    if batches.max_tokens is not None:
+        data["max_tokens_per_batch"] = batches.max_tokens
     for key, native in (
         ("data.train_max_samples", "max_train_samples"),
         ("data.val_max_samples", "max_val_samples"),
@@ -324,7 +401,7 @@ def _strategy(config: VerlConfig, legacy: bool, accelerator: str, warnings: list
 
 
 def _trainer(
-    config: VerlConfig, legacy: bool, accelerator: str, devices: int, num_nodes: int, accumulation: int,
+    config: VerlConfig, legacy: bool, accelerator: str, devices: int, num_nodes: int, accumulation: int | None,
     log_dir: str | None, warnings: list[str],
 ) -> dict[str, Any]:  # fmt: skip
     get = config.get
@@ -350,14 +427,15 @@ def _trainer(
         "log_every_n_steps": 1,
         "logger": loggers(config, logs),
     }
-    test_freq = get("trainer.test_freq", -1)
+    # verl validates every test_freq optimizer steps and at its last step (VerlValidation); Lightning counts
+    # micro-batches, whose number per step token budgets know only from the data (the callback sets it then).
+    test_freq, every_n_steps = get("trainer.test_freq", -1), None
     if test_freq == "after_each_epoch":
         trainer["check_val_every_n_epoch"] = 1
-    elif int(test_freq) > 0:  # verl counts optimizer steps; Lightning counts micro-batches
-        trainer.update(val_check_interval=int(test_freq) * accumulation, check_val_every_n_epoch=None)
-    elif steps is not None:  # verl validates at its last step
-        trainer.update(val_check_interval=int(steps) * accumulation, check_val_every_n_epoch=None)
-    else:
+    elif int(test_freq) > 0 or steps is not None:
+        every_n_steps = int(test_freq) if int(test_freq) > 0 else int(steps)
+        trainer.update(val_check_interval=every_n_steps * (accumulation or 1), check_val_every_n_epoch=None)
+    else:  # no test_freq: only the last step, the end of the last epoch
         trainer["check_val_every_n_epoch"] = int(get("trainer.total_epochs"))
     save_freq = get("trainer.save_freq", -1)
     checkpoint: dict[str, Any] = {"dirpath": root, "max_to_keep": get("trainer.max_ckpt_to_keep")}
@@ -365,5 +443,11 @@ def _trainer(
         checkpoint["every_n_epochs"] = 1
     elif int(save_freq) > 0:
         checkpoint["every_n_train_steps"] = int(save_freq)
-    trainer["callbacks"] = [{"class_path": "lit_sft.callbacks.GlobalStepCheckpoint", "init_args": checkpoint}]
+    trainer["callbacks"] = [
+        {"class_path": "lit_sft.callbacks.GlobalStepCheckpoint", "init_args": checkpoint},
+        {
+            "class_path": "lit_sft.verl.validation.VerlValidation",
+            "init_args": {"every_n_train_steps": every_n_steps},
+        },
+    ]
     return trainer

@@ -32,7 +32,8 @@ def test_the_first_seed_command_uses_the_engine_trainers_model_path() -> None:
     # model.path is an engine key: the first command is read with sft_trainer_engine.yaml's defaults.
     native = build(FIRST, Launch(world_size=4, local_world_size=4, cuda=True)).config
     data, trainer = native["data"]["init_args"], native["trainer"]
-    assert data["global_batch_size"] == 128 and data["batch_size"] == 4 and data["drop_last"] is True
+    assert data["global_batch_size"] == 128 and data["drop_last"] is True
+    assert data["max_tokens_per_batch"] == 8192  # use_dynamic_bsz: max_token_len_per_gpu, not 4 rows
     assert data["format"] == "messages" and data["packing"] is True  # pad_mode no_padding, use_remove_padding
     assert native["model"]["init_args"]["optimizer"]["init_args"] == {
         "lr": 5e-6,
@@ -72,16 +73,30 @@ def test_the_second_seed_command_maps_sequence_parallelism_packing_lora_and_the_
     assert model["gradient_checkpointing"] is True  # verl's enable_gradient_checkpointing default
 
 
-def test_a_global_batch_that_does_not_divide_is_an_error() -> None:
+def test_a_global_batch_that_does_not_divide_is_an_error_in_verls_words() -> None:
     with pytest.raises(
         ConfigError, match=r"data.train_batch_size=100 is not divisible by the data-parallel size 8"
     ):
         build(["data.train_batch_size=100"], EIGHT_GPUS)
-    with pytest.raises(
-        ConfigError,
-        match=r"global_batch_size=72 does not divide by data.batch_size \(4\) x data-parallel size \(8\)",
-    ):
+    # verl's legacy _normalize_config_bsz asserts (train_batch_size / dp) % micro_batch_size_per_gpu == 0
+    with pytest.raises(ConfigError) as refused:
         build(["data.train_batch_size=72"], EIGHT_GPUS)
+    message = str(refused.value)
+    assert "data.train_batch_size=72" in message and "data.micro_batch_size_per_gpu=4" in message
+    assert "9 rows per rank" in message
+    assert (
+        "global_batch_size" not in message.replace("train_batch_size", "")
+        and "data.batch_size" not in message
+    )
+    # the engine trainer without use_dynamic_bsz: 36 rows per rank cut into 36 // 8 = 4 equal chunks of 9
+    engine = ["model.path=/m", "data.use_dynamic_bsz=false", "data.micro_batch_size_per_gpu=8"]
+    translation = build([*engine, "data.train_batch_size=72"], Launch(world_size=2, local_world_size=2))
+    assert translation.config["data"]["init_args"]["batch_size"] == 9
+    assert any("into 4 micro-batches of 9 rows" in warning for warning in translation.warnings)
+    with pytest.raises(
+        ConfigError, match=r"data.train_batch_size=74 / data-parallel size 2 .* = 37 rows per rank"
+    ):
+        build([*engine, "data.train_batch_size=74"], Launch(world_size=2, local_world_size=2))
     with pytest.raises(ConfigError, match="ulysses_sequence_parallel_size=3 does not divide"):
         build(["ulysses_sequence_parallel_size=3", "use_remove_padding=true"], EIGHT_GPUS)
     with pytest.raises(ConfigError, match="needs use_remove_padding=true"):
@@ -109,7 +124,7 @@ def test_engine_keys_map_like_the_legacy_ones() -> None:
     assert (
         data["messages_key"] == "conversation" and data["truncation"] == "right"
     )  # no_padding cuts at max_length
-    assert data["val_batch_size"] == 4  # the engine trainer validates with the per-rank train batch
+    assert data["max_tokens_per_batch"] == 8192  # validation too: verl's infer_batch splits by tokens
     assert model["lr_scheduler"]["init_args"] == {
         "schedule": "cosine",
         "warmup_ratio": 0.0,
@@ -119,9 +134,8 @@ def test_engine_keys_map_like_the_legacy_ones() -> None:
     assert model["model_kwargs"] == {"attention_dropout": 0.0}
     assert trainer["strategy"]["init_args"]["cpu_offload"] is True
     assert trainer["callbacks"][0]["init_args"]["every_n_epochs"] == 1
-    assert (
-        trainer["val_check_interval"] == 10 and trainer["check_val_every_n_epoch"] is None
-    )  # 5 steps x 2 micro-batches
+    assert trainer["check_val_every_n_epoch"] is None
+    assert trainer["callbacks"][1]["init_args"] == {"every_n_train_steps": 5}  # counted in optimizer steps
 
 
 def test_wandb_and_tensorboard_loggers_take_verls_names(monkeypatch) -> None:
@@ -202,3 +216,110 @@ def test_a_per_row_enable_thinking_column_is_refused_not_ignored(tmp_path) -> No
         build(["model.path=/m", f"data.train_files={path}"], Launch()).config["data"]["init_args"]["format"]
         == "messages"
     )
+
+
+def test_without_torchrun_the_machine_decides_the_processes_not_n_gpus_per_node() -> None:
+    # verl's SFT trainers take torch.distributed's world; trainer.n_gpus_per_node (8 by default) is not read
+    two_gpus = Launch(cuda=True, cuda_devices=2)
+    assert build([], two_gpus).config["trainer"]["devices"] == 2  # legacy default n_gpus_per_node=8
+    translation = build(["trainer.n_gpus_per_node=8", "data.train_batch_size=32"], two_gpus)
+    assert translation.config["trainer"]["devices"] == 2
+    assert any(
+        "n_gpus_per_node=8 without torchrun: running on the 2 GPU(s)" in w for w in translation.warnings
+    )
+    assert build(["model.path=/m"], Launch()).config["trainer"]["devices"] == 1  # CPU: one process
+    assert build([], Launch(world_size=4, local_world_size=4, cuda=True)).config["trainer"]["devices"] == 4
+
+
+def qwen3_8b_fsdp(nproc: int, sp_size: int) -> list[str]:
+    """verl's examples/sft/gsm8k/run_qwen3_8b_fsdp.sh (verl-project/verl main) as its torchrun line passes it,
+    with USE_PEFT=1 (its default) and the save path /ckpt."""
+    return shlex.split(
+        "data.train_files=/d/train.parquet data.val_files=/d/test.parquet data.micro_batch_size_per_gpu=64 "
+        "data.messages_key=messages data.ignore_input_ids_mismatch=True optim.lr=1e-4 engine=fsdp "
+        f"engine.ulysses_sequence_parallel_size={sp_size} model.path=Qwen/Qwen3-8B model.use_remove_padding=true "
+        "trainer.default_local_dir=/ckpt trainer.project_name=gsm8k-sft "
+        'trainer.experiment_name=gsm8k-sft-qwen3-8b-instruct trainer.logger=\'["console","wandb"]\' '
+        "trainer.total_epochs=2 model.lora_rank=32 model.lora_alpha=16 model.target_modules=all-linear"
+    )
+
+
+@pytest.mark.parametrize("sp_size", [1, 2])
+def test_dynamic_batch_size_caps_micro_batches_by_tokens_as_verl_does(sp_size: int) -> None:
+    # use_dynamic_bsz (the engine default): verl ignores micro_batch_size_per_gpu and splits each rank's
+    # 256 / dp rows by tokens, max_token_len_per_gpu (8192) x sp; no divisibility check against the 64 rows.
+    translation = build(qwen3_8b_fsdp(8, sp_size), EIGHT_GPUS)
+    data, model = translation.config["data"]["init_args"], translation.config["model"]["init_args"]
+    assert data["global_batch_size"] == 256 and data["max_tokens_per_batch"] == 8192 * sp_size
+    assert data["packing"] is True and model["sequence_parallel_size"] == sp_size
+    assert "trainer.accumulate_grad_batches" not in translation.config["trainer"]  # measured from the data
+    assert f"{256 // (8 // sp_size)} per data-parallel rank" in translation.notes[-1]
+    (mismatch,) = [w for w in translation.warnings if "ignore_input_ids_mismatch" in w]
+    assert "steps per epoch are not verl's" in mismatch
+
+
+def messages_rows(count: int) -> list[dict]:
+    rows = []
+    for i in range(count):
+        question = f"What is {i} plus {i % 7}?" + " Think it over." * (i % 6)
+        answer = f"{i} plus {i % 7} is {i + i % 7}." + " That is all." * (i % 4)
+        rows.append(
+            {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+        )
+    return rows
+
+
+def test_translated_training_and_validation_micro_batches_hold_at_most_the_token_budget(
+    tmp_path, tiny_model_dir
+) -> None:
+    from lit_sft import SFTDataModule
+    from tests.helpers import write_parquet
+
+    train = write_parquet(str(tmp_path / "train.parquet"), messages_rows(24))
+    val = write_parquet(str(tmp_path / "val.parquet"), messages_rows(12))
+    words = [f"model.path={tiny_model_dir}", "engine=fsdp", "model.use_remove_padding=true",
+             f"data.train_files={train}", f"data.val_files={val}", "data.train_batch_size=8",
+             "data.max_length=256", "data.max_token_len_per_gpu=256"]  # fmt: skip
+    options = build(words, Launch()).config["data"]["init_args"]
+    data = SFTDataModule(**options, tokenizer_name_or_path=tiny_model_dir)
+    data.setup("fit")
+    budget, lengths = 256, data.train_dataset["num_tokens"]
+    assert max(lengths) <= budget < sum(lengths[:8])  # a step's 8 rows need more than one micro-batch
+    val_batches = list(data.val_dataloader())
+    assert all(batch["input_ids"].numel() <= budget for batch in val_batches)
+    assert sum(int(batch["input_ids"].numel()) for batch in val_batches) == sum(
+        data.val_dataset["num_tokens"]
+    )
+    # training: each step takes 8 rows (verl's train_batch_size), split into micro-batches under the budget
+    sampler = data._sampler(data.train_dataset, data.batch_size, True, 1, step_rows=8)
+    for step in sampler.step_shares(0):
+        (share,) = step  # one data-parallel rank
+        assert sorted(i for group in share for i in group) == sorted(set(i for group in share for i in group))
+        assert sum(len(group) for group in share) == 8
+        assert all(sum(lengths[i] for i in group) <= budget for group in share)
+
+
+def test_verl_validates_every_test_freq_steps_and_at_its_last_step(tmp_path, tiny_model_dir) -> None:
+    import csv
+
+    from lit_sft.commands.verl import main
+    from tests.helpers import write_parquet
+
+    train = write_parquet(str(tmp_path / "train.parquet"), messages_rows(12))
+    val = write_parquet(str(tmp_path / "val.parquet"), messages_rows(4))
+    # 12 rows, 4 per step: 3 steps, each split by a 256-token budget into several micro-batches. verl
+    # (is_last_step in sft_trainer.py) validates at step 2 (test_freq) and at step 3, the last, then saves.
+    main("verl", [f"model.path={tiny_model_dir}", "engine=fsdp", "model.use_remove_padding=true",
+                  f"data.train_files={train}", f"data.val_files={val}", "data.train_batch_size=4",
+                  "data.max_length=256", "data.max_token_len_per_gpu=256", "trainer.total_epochs=1",
+                  "trainer.test_freq=2", "trainer.save_freq=2", "trainer.logger=['console']",
+                  f"trainer.default_local_dir={tmp_path / 'ckpt'}"])  # fmt: skip
+    with open(tmp_path / "ckpt" / "logs" / "csv" / "metrics.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    trained = [int(row["step"]) for row in rows if row.get("train/loss")]
+    validated = [int(row["step"]) for row in rows if row.get("val/loss")]
+    assert trained == [0, 1, 2] and validated == [1, 2]  # Lightning's step column counts from 0
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("global_step_*")) == [
+        "global_step_2",
+        "global_step_3",
+    ]

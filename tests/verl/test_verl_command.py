@@ -74,7 +74,7 @@ def test_the_first_seed_command_runs_on_one_process_and_its_printed_config_runs_
     printed = lit_sft(["verl", *words, "--print-lightning-config"], tmp_path).stdout  # before any checkpoint
     (tmp_path / "native.yaml").write_text(printed.replace("./checkpoints/qwen7b_sft", "./native"))
     run = lit_sft(["verl", *words], tmp_path)
-    assert "trainer.n_gpus_per_node=4 on CPU without torchrun runs one process" in run.stderr
+    assert "trainer.n_gpus_per_node=4 without torchrun: running on one CPU process" in run.stderr
     root = tmp_path / "checkpoints" / "qwen7b_sft"
     # 16 rows, 8 per step: 2 steps per epoch, 4 in all; a checkpoint every step, the newest 2 kept
     assert sorted(p.name for p in root.glob("global_step_*")) == ["global_step_3", "global_step_4"]
