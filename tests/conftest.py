@@ -43,6 +43,37 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(root / "hf_datasets"))
 
 
+# What an in-process distributed run leaves behind: Lightning writes the rendezvous variables into os.environ and
+# never destroys the process group, so a later test's init_process_group fails ("initialize the default
+# process group twice") and a later torchrun/lit-sft subprocess inherits a MASTER_PORT that this process still
+# listens on (EADDRINUSE). Both were seen in CI.
+_LAUNCHER_VARIABLES = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "NODE_RANK",
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_process_group():
+    """Each test starts without a process group or launcher variables it did not set itself."""
+    saved = {name: os.environ.get(name) for name in _LAUNCHER_VARIABLES}
+    yield
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(params=["qwen", "llama3", "gemma"])
 def family(request: pytest.FixtureRequest) -> str:
     return request.param

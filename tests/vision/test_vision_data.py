@@ -229,7 +229,9 @@ def test_placeholder_and_image_counts_must_match(processor_dir, tmp_path, placeh
     assert skipped.summaries["train"].dropped == {"image_count_mismatch": 1}
 
 
-def test_a_missing_messages_column_is_a_data_file_error_and_other_formats_a_config_error(processor_dir, tmp_path) -> None:
+def test_a_missing_messages_column_is_a_data_file_error_and_other_formats_a_config_error(
+    processor_dir, tmp_path
+) -> None:
     files = write_jsonl(str(tmp_path / "t.jsonl"), [{"prompt": "a", "response": "b"}])
     with pytest.raises(DataFileError, match="missing column 'messages'"):
         datamodule(processor_dir, files, tmp_path)
