@@ -192,7 +192,8 @@ def normalize_messages(
             )
         message = {key: item for key, item in raw.items() if item is not None}
         role = message.get("role")
-        if role not in KNOWN_ROLES:
+        # The type first: a list or dict role (valid JSON) is unhashable and would raise in the set lookup.
+        if not isinstance(role, str) or role not in KNOWN_ROLES:
             raise InvalidRow(
                 f"{where}.role",
                 f"unknown role {role!r} (expected one of {sorted(KNOWN_ROLES)})",

@@ -281,3 +281,20 @@ def test_real_gsm8k_rows(gsm8k_dir) -> None:
     assert lengths.min() > 100  # byte-level: GSM8K rows are a few hundred bytes
     text = decode_trained(dm.tokenizer, dm.train_dataset[0]["labels"])
     assert text.startswith("Natalia sold 48/2") and text.endswith("#### 72<|im_end|>")
+
+
+@pytest.mark.parametrize("role", [["user"], {"role": "user"}, 7, True])
+def test_a_role_of_another_json_type_is_an_unknown_role_named_or_dropped_and_counted(tmp_path, role) -> None:
+    """A verl prompt list whose message has ``"role": ["user"]`` once ended in ``TypeError: unhashable type``
+    (the role reached a set) even under skip_invalid_rows."""
+    rows = [
+        *({"prompt": [{"role": "user", "content": f"{i} + 1"}], "answer": f"{i + 1}"} for i in range(3)),
+        {"prompt": [{"role": role, "content": "1 + 1"}], "answer": "2"},
+    ]
+    path = make_data(tmp_path, rows, "verl.jsonl")
+    with pytest.raises(RowError, match=r"verl.jsonl, row 3, field 'prompt\[0\].role': unknown role "):
+        datamodule(path, prompt_key="prompt", response_key="answer").setup("fit")
+    dm = datamodule(path, prompt_key="prompt", response_key="answer", skip_invalid_rows=True)
+    dm.setup("fit")
+    assert dm.summaries["train"].dropped == {"unknown_role": 1}
+    assert dm.summaries["train"].kept == 3

@@ -131,9 +131,13 @@ BREAKING = {
         "arguments_bool": "messages[1].tool_calls[0].function.arguments",
         "name_missing": "messages[1].tool_calls[0].function.name",
         "name_object": "messages[1].tool_calls[0].function.name",
+        "name_list": "messages[1].tool_calls[0].function.name",
         "tools_broken": "tools",
+        "tool_name_list": "tools[0]",
     },
 }
+#: Roles no template knows, of every JSON type: a list or an object must not reach a set or a dict key.
+ROLES = st.sampled_from(["bot", ["user"], {"role": "user"}, 7, 1.5, True, ""])
 HARMLESS = ["json_looking_text", "unused_deep_column", "unused_mixed_column", "unused_null_column"]
 
 
@@ -179,13 +183,13 @@ def mutate(row: dict[str, Any], kind: str, mutation: str, draw: st.DrawFn) -> di
         elif mutation == "prompt_tool_message":
             row["prompt"].append({"role": "tool", "content": "3"})
         elif mutation == "prompt_role":
-            row["prompt"][0]["role"] = "bot"
+            row["prompt"][0]["role"] = draw(ROLES)
         else:
             row["prompt"][0]["content"] = 4
     else:
         function = row["messages"][1]["tool_calls"][0]["function"]
         if mutation == "role":
-            row["messages"][0]["role"] = "bot"
+            row["messages"][0]["role"] = draw(ROLES)
         elif mutation == "content_int":
             row["messages"][2]["content"] = 3
         elif mutation.startswith("weight"):
@@ -204,9 +208,19 @@ def mutate(row: dict[str, Any], kind: str, mutation: str, draw: st.DrawFn) -> di
             del function["name"]
         elif mutation == "name_object":
             function["name"] = {"name": "add"}
+        elif mutation == "name_list":
+            function["name"] = ["add"]
+        elif mutation == "tool_name_list":
+            tools = copy.deepcopy(TOOLS)
+            tools[0]["function"]["name"] = [tools[0]["function"]["name"]]
+            row["tools"] = tools if draw(st.booleans()) else json.dumps(tools)
         else:
             row["tools"] = "{broken"
     return row
+
+
+#: Mutations that put a value of another JSON type where a string is used as a name (a role, a tool name).
+FOREIGN_TYPES = {"verl": ["prompt_role"], "chat": ["role", "name_object", "name_list", "tool_name_list"]}
 
 
 @dataclass
@@ -234,8 +248,28 @@ def cases(draw: st.DrawFn) -> Case:
         rows[index] = mutate(rows[index], kind, mutation, draw)
         if mutation in BREAKING[kind]:
             case.broken[index] = BREAKING[kind][mutation]
+    add_framing(case, draw)
+    return case
+
+
+@st.composite
+def foreign_type_cases(draw: st.DrawFn) -> Case:
+    """One row with a role or tool name of another JSON type (a list is unhashable: it once reached a set)."""
+    kind = draw(st.sampled_from(sorted(FOREIGN_TYPES)))
+    count = draw(st.integers(1, 4))
+    rows = [draw(valid_rows(kind)) for _ in range(count)]
+    case, index = Case(kind, rows), draw(st.integers(0, count - 1))
+    mutation = draw(st.sampled_from(FOREIGN_TYPES[kind]))
+    rows[index] = mutate(rows[index], kind, mutation, draw)
+    case.broken[index] = BREAKING[kind][mutation]
+    add_framing(case, draw)
+    return case
+
+
+def add_framing(case: Case, draw: st.DrawFn) -> None:
+    count = len(case.rows)
     framings = ["jsonl", "jsonl", "jsonl.gz", "json", "parquet", "directory"]
-    if kind == "gsm8k":
+    if case.kind == "gsm8k":
         framings.append("csv")
     case.framing = draw(st.sampled_from(framings))
     if case.framing == "directory":
@@ -246,7 +280,6 @@ def cases(draw: st.DrawFn) -> Case:
         if draw(st.integers(0, 9)) == 0:
             case.bad_line = draw(st.sampled_from(['{"question": ', "[1, 2]", '"a row?"', "7"]))
             case.bad_line_at = draw(st.integers(0, count))
-    return case
 
 
 def write_jsonl(path: str, rows: list[dict[str, Any]], case: Case, first_row: int) -> int | None:
@@ -432,4 +465,12 @@ def _quiet() -> Any:
 )
 @given(cases())
 def test_every_input_trains_as_written_or_names_its_first_bad_row(case: Case) -> None:
+    check_contract(case)
+
+
+@settings(
+    max_examples=15, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck)
+)
+@given(foreign_type_cases())
+def test_a_role_or_name_of_another_json_type_is_named_or_dropped_never_a_traceback(case: Case) -> None:
     check_contract(case)
