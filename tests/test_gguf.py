@@ -40,7 +40,10 @@ def test_a_local_path_that_does_not_exist_is_named_as_such(path) -> None:
 
 def test_a_model_marked_quantized_by_the_gguf_loader_saves_once_cleared(tmp_path) -> None:
     from transformers import AutoModelForCausalLM
-    from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
+
+    # transformers before 5.x's GGUF quantizer dequantized GGUF weights without marking the model at all.
+    quantizer_gguf = pytest.importorskip("transformers.quantizers.quantizer_gguf")
+    GgufHfQuantizer = quantizer_gguf.GgufHfQuantizer
     from transformers.utils.quantization_config import GgufConfig
 
     model = AutoModelForCausalLM.from_pretrained(save_tiny_model(str(tmp_path / "tiny")))

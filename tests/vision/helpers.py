@@ -84,11 +84,24 @@ def _without_component_class_checks() -> Iterator[None]:
         ProcessorMixin.check_argument_for_proper_class = check  # type: ignore[method-assign]
 
 
+def pil_image_processor_class() -> Any:
+    """Qwen2-VL's torchvision-free image processor: ``Qwen2VLImageProcessorPil`` from transformers 5.x's split of
+    image processors by backend; before it, the PIL one was the plain ``Qwen2VLImageProcessor``."""
+    try:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    except ModuleNotFoundError:
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+
+        return Qwen2VLImageProcessor
+    return Qwen2VLImageProcessorPil
+
+
 def make_processor(
     tokenizer: Any = None, image_processor: Any = None, chat_template: str = VL_TEMPLATE
 ) -> Any:
     from transformers import Qwen2VLProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    Qwen2VLImageProcessorPil = pil_image_processor_class()
 
     with _without_component_class_checks():
         return Qwen2VLProcessor(
@@ -103,7 +116,8 @@ def load_saved_processor(directory: str, trust_remote_code: bool = False, **kwar
     """What ``AutoProcessor.from_pretrained`` returns for a saved Qwen2-VL processor where torchvision is
     installed; rebuilt from the saved components (tokenizer, image processor, chat template)."""
     from transformers import AutoTokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    Qwen2VLImageProcessorPil = pil_image_processor_class()
 
     if not os.path.isfile(os.path.join(directory, "preprocessor_config.json")):
         raise OSError(f"no preprocessor_config.json in {directory}")
