@@ -145,6 +145,19 @@ def test_each_script_translates_or_is_refused_with_its_reason(example: Example, 
     data = translation.config["data"]["init_args"]
     assert data["global_batch_size"] == 8 and translation.config["trainer"]["max_steps"] == 1
     assert translation.config["trainer"]["devices"] == example.processes
+    # what the script asks for, read from its own words: LoRA rank, sequence parallelism, token budgets
+    given = dict(word.lstrip("+").split("=", 1) for word in words)
+    model = translation.config["model"]["init_args"]
+    rank = int(given.get("model.lora_rank", 0))
+    assert (model.get("lora") or {}).get("r", 0) == rank
+    sequence = int(
+        given.get("ulysses_sequence_parallel_size", given.get("engine.ulysses_sequence_parallel_size", 1))
+    )
+    assert model["sequence_parallel_size"] == sequence
+    if (
+        "model.path" in given and given.get("data.use_dynamic_bsz", "True").lower() == "true"
+    ):  # the engine default
+        assert data["max_tokens_per_batch"] == int(given.get("data.max_token_len_per_gpu", 8192)) * sequence
 
 
 def run(words: list[str], cwd: Path, processes: int) -> subprocess.CompletedProcess:

@@ -105,13 +105,16 @@ def test_model_lora_rank_gives_a_lora_run_with_verls_megatron_lora_settings(tmp_
 
     words = [f"model.path={tiny_model_dir}", "data.train_files=/d/t.parquet", "trainer.logger=['console']",
              f"trainer.default_local_dir={tmp_path}", "data.train_batch_size=8", "model.lora.rank=8",
-             "model.lora.dropout=0.1", "model.lora.target_modules=[linear_qkv,linear_fc2]"]  # fmt: skip
+             "model.lora.dropout=0.1", "model.lora.target_modules=[linear_qkv,linear_fc2]",
+             "data.enable_thinking_default=false", "data.num_workers=1"]  # fmt: skip
     path = tmp_path / "native.yaml"
     path.write_text(lightning_yaml(build(words, Launch())))
     cli = main(["--config", str(path)], run=False)
     lora = cli.model.lora
     assert (lora.r, lora.alpha, lora.dropout, lora.use_dora) == (8, 32, 0.1, False)  # model.lora's defaults
     assert lora.target_modules == ["q_proj", "k_proj", "v_proj", "down_proj"]  # Megatron names, as HF modules
+    # the data module renders with enable_thinking=False and loads with verl's worker count
+    assert cli.datamodule.template_kwargs == {"enable_thinking": False} and cli.datamodule.num_workers == 1
     dora = translate(load([*words[:2], "model.lora.rank=4", "model.lora.type=dora"]), Launch())
     assert dora.config["model"]["init_args"]["lora"]["use_dora"] is True
 
