@@ -2,7 +2,7 @@
 read), run through ``lit-sft verl`` as written.
 
 Each script's overrides are copied into ``tests/verl/examples/<commit>/<folder>__<script>.txt`` in the script's
-order, with its environment variables at their defaults, ``$HOME/data/...`` swapped for a few GSM8K rows in
+order, with its environment variables at their defaults (``__<variant>`` files: its documented options set), ``$HOME/data/...`` swapped for a few GSM8K rows in
 verl's formats (``{gsm8k}``: the single-turn parquet, ``{multiturn}``: the messages copy), the model for the
 tiny local one (``{model}``), ``$save_path`` for a temporary folder; `CUT` is appended (8 rows per step, one
 step). A ``# swapped:`` line names any other value changed, with why. The fast test translates each command
@@ -26,10 +26,10 @@ b178a3cd5 (legacy ``fsdp_sft_trainer`` scripts and the engine VLM one)
   - vlm/run_qwen3_vl_2b.sh: runs with text rows and the tiny text model (2 processes, sp 2, fsdp2)
 1dda039b9 (engine ``sft_trainer`` scripts)
   - gsm8k/run_deepseek_coder_6_7b_fsdp.sh, run_gemma_2b_fsdp.sh, run_gemma_7b_fsdp.sh: run (1 process)
-  - gsm8k/run_qwen2_5_0_5b_fsdp.sh: runs (1 process)
+  - gsm8k/run_qwen2_5_0_5b_fsdp.sh: runs (1 process); with SP_SIZE=2 USE_PEFT=1: runs (2 processes, LoRA)
   - gsm8k/run_qwen3_8b_fsdp.sh: runs (2 processes, sp 2, LoRA, token-budget micro-batches)
   - gsm8k/run_seed_oss_36b_fsdp.sh: runs (2 processes, sp 2)
-  - multiturn/run_qwen2_5_0_5b_fsdp.sh: runs (1 process)
+  - multiturn/run_qwen2_5_0_5b_fsdp.sh: runs (1 process); with SP_SIZE=2: runs (2 processes)
   - vlm/run_qwen3_vl_2b_fsdp.sh: runs with text rows and the tiny text model (2 processes, sp 2, fsdp2)
   - gsm8k/run_qwen2_5_0_5b_automodel.sh, run_qwen3_30b_automodel.sh: refused, engine=automodel (lit_sft
     implements verl's FSDP engine only; verl itself runs them with NVIDIA Automodel installed)
@@ -124,9 +124,8 @@ def test_every_script_of_both_commits_has_a_fixture() -> None:
               "gsm8k__run_qwen2_5_0_5b_fsdp", "gsm8k__run_qwen3_30b_automodel",
               "gsm8k__run_qwen3_5_397b_a17b_megatron", "gsm8k__run_qwen3_8b_fsdp", "gsm8k__run_qwen_megatron_fsdp",
               "gsm8k__run_seed_oss_36b_fsdp", "multiturn__run_qwen2_5_0_5b_fsdp", "vlm__run_qwen3_vl_2b_fsdp"]  # fmt: skip
-    assert [e.name for e in ALL] == sorted(
-        [f"1dda039b9/{n}" for n in newest] + [f"b178a3cd5/{n}" for n in b178]
-    )
+    scripts = sorted({"__".join(e.name.split("__")[:2]) for e in ALL})  # folder__script[__variant]
+    assert scripts == sorted([f"1dda039b9/{n}" for n in newest] + [f"b178a3cd5/{n}" for n in b178])
 
 
 @pytest.mark.parametrize("example", ALL, ids=lambda example: example.name)
