@@ -287,10 +287,10 @@ def _check_values(config: VerlConfig) -> None:
         default = reference.get(key, schema.EXTRA_KEYS.get(key))
         if value == default:
             continue
-        reason = schema.UNSUPPORTED.get(key)
-        if reason is not None:
-            raise ConfigError(f"verl key {key}={value!r} is not supported by lit-sft verl: {reason}")
-        ignored = schema.IGNORED.get(key) or schema.IGNORED.get(key.split(".")[0])
+        refused = schema.UNSUPPORTED.get(key)
+        if refused is not None:
+            raise ConfigError(f"verl key {key}={value!r} is not supported by lit-sft verl: {refused}")
+        ignored = schema.reason(schema.IGNORED, key)
         if ignored is not None:
             config.warnings.append(f"verl key {key}={value!r} has no effect here: {ignored}")
         elif (

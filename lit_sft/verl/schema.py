@@ -8,6 +8,12 @@ Two trainers, two key sets (read from verl-project/verl, not guessed):
 * the engine-based ``verl.trainer.sft_trainer``: ``verl/trainer/config/sft_trainer_engine.yaml`` with the
   groups ``model/hf_model.yaml``, ``engine/fsdp.yaml``, ``optim/fsdp.yaml`` and ``profiler/profiler.yaml``.
 
+Where each table was read: `LEGACY_DEFAULTS` at `LEGACY_COMMIT` (verl's main branch has since deleted the
+legacy trainer); `ENGINE_DEFAULTS` at `ENGINE_COMMIT`, the newest verl-project/verl snapshot read. Every key of
+the engine config at `LEGACY_COMMIT` is still there with the same default, except those listed in
+`ENGINE_DEFAULTS_AT_LEGACY_COMMIT` (keys no translation reads), so a command line written for either commit
+is read with one table.
+
 `IGNORED` lists keys that have no meaning in lit_sft (a warning when set to anything but the default),
 `UNSUPPORTED` keys whose non-default values lit_sft cannot honour (an error saying why).
 """
@@ -17,7 +23,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-#: verl/trainer/config/sft_trainer.yaml (legacy fsdp_sft_trainer), verl commit b178a3cd5.
+#: The verl commit `LEGACY_DEFAULTS` was read from (volcengine/verl, 2026-01-29).
+LEGACY_COMMIT = "b178a3cd56f58b2d502255daba591e92833930a7"
+#: The verl commit `ENGINE_DEFAULTS` was read from (verl-project/verl main, 2026-08-22).
+ENGINE_COMMIT = "1dda039b9c6311889a9c9a26040677e1254814f9"
+
+#: verl/trainer/config/sft_trainer.yaml (legacy fsdp_sft_trainer), verl commit `LEGACY_COMMIT`.
 LEGACY_DEFAULTS: dict[str, Any] = {
     "data": {
         "train_batch_size": 256,
@@ -104,7 +115,7 @@ LEGACY_ALIASES = {
 }
 
 #: verl/trainer/config/sft_trainer_engine.yaml + model/hf_model.yaml + engine/fsdp.yaml + optim/fsdp.yaml
-#: + profiler/profiler.yaml (engine-based sft_trainer), verl commit b178a3cd5. ``_target_`` keys left out.
+#: + profiler/profiler.yaml (engine-based sft_trainer), verl commit `ENGINE_COMMIT`. ``_target_`` keys left out.
 ENGINE_DEFAULTS: dict[str, Any] = {
     "model": {
         "path": "~/models/deepseek-llm-7b-chat",
@@ -134,11 +145,30 @@ ENGINE_DEFAULTS: dict[str, Any] = {
             "detach_encoder": False,
             "mtp_loss_scaling_factor": 0.1,
             "speculative_algorithm": "EAGLE",
-            "speculative_num_steps": 2,
-            "speculative_eagle_topk": 2,
+            "speculative_num_steps": 3,
+            "speculative_eagle_topk": 1,
             "speculative_num_draft_tokens": 4,
             "method": "mtp",
             "num_speculative_tokens": 1,
+        },
+        # Megatron-Bridge's LoRA (verl's FSDP engine reads model.lora_rank; lit_sft maps these too).
+        "lora": {
+            "type": "lora",
+            "merge": False,
+            "rank": 0,
+            "alpha": 32,
+            "dropout": 0.0,
+            "target_modules": ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"],
+            "exclude_modules": [],
+            "dropout_position": "pre",
+            "lora_A_init_method": "xavier",
+            "lora_B_init_method": "zero",
+            "a2a_experimental": False,
+            "dtype": None,
+            "adapter_path": None,
+            "freeze_vision_model": True,
+            "freeze_vision_projection": True,
+            "freeze_language_model": True,
         },
     },
     "engine": {
@@ -155,11 +185,39 @@ ENGINE_DEFAULTS: dict[str, Any] = {
         "full_determinism": False,
         "ulysses_sequence_parallel_size": 1,
         "entropy_from_logits_with_chunking": False,
+        "entropy_from_logits_chunk_size": 2048,
         "use_torch_compile": True,
         "entropy_checkpointing": False,
+        "pad_to_length": False,
+        "pad_to_length_bucket": 1024,
         "forward_only": False,
         "strategy": "fsdp",
         "dtype": "bfloat16",
+        "qat": {
+            "enable": False,
+            "mode": "w4a16",
+            "group_size": 16,
+            "ignore_patterns": ["lm_head", "embed_tokens", "re:.*mlp.gate$"],
+            "activation_observer": "static_minmax",
+            "quantization_config_path": None,
+        },
+        "turbo_config": {
+            "distributed": {
+                "fully_shard_parallel_size": 16,
+                "tensor_parallel_size": 1,
+                "expert_parallel_size": 1,
+                "expert_fully_shard_parallel_size": 1,
+                "ulysses_parallel_size": 1,
+                "fsdp_plan": {
+                    "param_dtype": "bf16",
+                    "reduce_dtype": "fp32",
+                    "output_dtype": "bf16",
+                    "fsdp_implementation": "native",
+                    "num_to_forward_prefetch": 1,
+                    "num_to_backward_prefetch": 1,
+                },
+            },
+        },
     },
     "optim": {
         "optimizer": "AdamW",
@@ -174,6 +232,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
         "min_lr_ratio": 0.0,
         "num_cycles": 0.5,
         "lr_scheduler_type": "constant",
+        "zero_indexed_step": True,
         "warmup_style": None,
         "override_optimizer_config": None,
     },
@@ -183,7 +242,46 @@ ENGINE_DEFAULTS: dict[str, Any] = {
         "all_ranks": False,
         "ranks": [],
         "save_path": "outputs/profile",
-        "tool_config": None,
+        "relocate_results": False,
+        "finish_hook_cmd": None,
+        "finish_hook_all_ranks": False,
+        "finish_hook_ranks": [],
+        "tool_config": {
+            "npu": {
+                "contents": [],
+                "level": "level0",
+                "analysis": True,
+                "discrete": False,
+                "profile_token_start": None,
+                "profile_token_end": None,
+                "name": "npu",
+            },
+            "nsys": {
+                "discrete": "${oc.select:global_profiler.global_tool_config.nsys.discrete}",
+                "name": "nsight",
+            },
+            "torch": {
+                "contents": [],
+                "discrete": False,
+                "profile_token_start": None,
+                "profile_token_end": None,
+                "schedule": {"skip_first": 0, "wait": 0, "warmup": 0, "active": 0, "repeat": 0},
+                "name": "torch",
+            },
+            "torch_memory": {
+                "trace_alloc_max_entries": (
+                    "${oc.select:global_profiler.global_tool_config.torch_memory.trace_alloc_max_entries,100000}"
+                ),
+                "stack_depth": "${oc.select:global_profiler.global_tool_config.torch_memory.stack_depth,32}",
+                "name": "torch_memory",
+            },
+            "precision_debugger": {
+                "config_path": "${oc.select:global_profiler.global_tool_config.precision_debugger.config_path,null}",
+                "steps": None,
+                "stages": "${oc.select:global_profiler.global_tool_config.precision_debugger.stages,null}",
+                "name": "precision_debugger",
+            },
+        },
     },
     "data": {
         "train_batch_size": 256,
@@ -197,6 +295,9 @@ ENGINE_DEFAULTS: dict[str, Any] = {
         "messages_key": "messages",
         "tools_key": "tools",
         "enable_thinking_key": "enable_thinking",
+        # The yaml's bare ``none`` is the string "none" (YAML's null is ``null``); MultiTurnSFTDataset then passes
+        # bool("none") = True as enable_thinking when the rows have no enable_thinking column.
+        "enable_thinking_default": "none",
         "pad_mode": "no_padding",
         "max_length": 1024,
         "truncation": "error",
@@ -204,6 +305,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
         "custom_cls": {"path": None, "name": None},
         "use_shm": False,
         "apply_chat_template_kwargs": {},
+        "num_workers": 8,
         "ignore_input_ids_mismatch": False,
     },
     "checkpoint": {
@@ -222,6 +324,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
         "save_freq": -1,
         "test_freq": -1,
         "max_ckpt_to_keep": None,
+        "balance_batch": True,
         "resume_mode": "auto",
         "resume_from_path": None,
         "device": "cuda",
@@ -229,6 +332,13 @@ ENGINE_DEFAULTS: dict[str, Any] = {
         "n_gpus_per_node": 1,
         "profile_interval": [-1, -1],
     },
+}
+
+#: The engine defaults `LEGACY_COMMIT` had where `ENGINE_COMMIT` differs (keys then absent are not listed:
+#: the newer ones above; ``profiler.tool_config``'s profile_token_*, torch.schedule and precision_debugger).
+ENGINE_DEFAULTS_AT_LEGACY_COMMIT: dict[str, Any] = {
+    "model.mtp.speculative_num_steps": 2,
+    "model.mtp.speculative_eagle_topk": 2,
 }
 
 #: Config groups of the engine trainer (``engine=fsdp`` on the command line selects a group's file).
@@ -245,7 +355,7 @@ ENGINE_MARKERS = (
     "model.path", "model.use_remove_padding", "model.tokenizer_path", "model.custom_chat_template",
     "model.override_config", "engine", "checkpoint", "profiler", "data.messages_key", "data.tools_key",
     "data.pad_mode", "data.use_dynamic_bsz", "data.max_token_len_per_gpu", "data.ignore_input_ids_mismatch",
-    "trainer.profile_interval",
+    "trainer.profile_interval", "data.enable_thinking_default", "data.num_workers", "trainer.balance_batch",
 )  # fmt: skip
 
 #: Keys with no meaning in lit_sft: a warning (with the reason) when set to a non-default value.
@@ -278,6 +388,22 @@ IGNORED: dict[str, str] = {
     "checkpoint.save_contents": "lit_sft checkpoints always hold model, optimizer and data position,"
     " plus an HF model in huggingface/",
     "profiler": "use Lightning's profiler (trainer.profiler) in a native config",
+    "trainer.balance_batch": "read only by verl's Ray SFT trainer (sft_trainer_ray); the loss is the same either way",
+    "engine.entropy_from_logits_chunk_size": "RL only",
+    "engine.pad_to_length": "lit_sft does not pad packed micro-batches to a fixed token count (a shape knob for "
+    "compilers; the loss is the same)",
+    "engine.pad_to_length_bucket": "lit_sft does not pad packed micro-batches (engine.pad_to_length)",
+    "engine.qat": "quantization-aware training is not available (engine.qat.enable)",
+    "engine.turbo_config": "read only by verl's fsdp_turbo engine, which lit_sft does not implement",
+    "model.lora.merge": "merging adapters for RL weight sync; lit_sft's export writes the adapter and can merge it",
+    "model.lora.dropout_position": "peft applies the adapter dropout to its input",
+    "model.lora.lora_A_init_method": "peft initialises A Kaiming-uniform (lit_sft's lora.init_lora_weights)",
+    "model.lora.lora_B_init_method": "peft initialises B to zero",
+    "model.lora.a2a_experimental": "a Megatron expert-parallel option",
+    "model.lora.dtype": "the adapters take the trained model's dtype",
+    "model.lora.freeze_vision_model": "lit_sft's LoRA trains only the adapters of the target modules",
+    "model.lora.freeze_vision_projection": "lit_sft's LoRA trains only the adapters of the target modules",
+    "model.lora.freeze_language_model": "lit_sft's LoRA trains only the adapters of the target modules",
     "trainer.profile_interval": "use Lightning's profiler (trainer.profiler) in a native config",
 }
 
@@ -310,7 +436,20 @@ UNSUPPORTED: dict[str, str] = {
     "optim.optimizer_impl": "only torch.optim (a native config takes any optimizer class)",
     "optim.num_cycles": "lit_sft's cosine schedule is the half cycle (num_cycles 0.5)",
     "optim.override_optimizer_config": "extra optimizer arguments need a native config (model.optimizer)",
+    "engine.qat.enable": "quantization-aware training is not available",
+    "model.lora.exclude_modules": "LoRA exclude_modules is not available; list model.lora.target_modules instead",
+    "model.lora.adapter_path": "continuing from a LoRA adapter is not available; merge it into model.path first",
 }
+
+
+def reason(table: dict[str, str], key: str) -> str | None:
+    """The entry of `IGNORED` or `UNSUPPORTED` for a dotted key: its own, else its nearest listed parent's."""
+    parts = key.split(".")
+    for end in range(len(parts), 0, -1):
+        found = table.get(".".join(parts[:end]))
+        if found is not None:
+            return found
+    return None
 
 
 #: Keys verl reads with ``config.get`` although no yaml lists them (added with ``+key=value``): their default.

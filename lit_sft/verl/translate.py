@@ -147,7 +147,7 @@ def translate(config: VerlConfig, launch: Launch, log_dir: str | None = None) ->
     batches = _batches(config, legacy, data_parallel, sequence, warnings)
 
     data = _data(config, legacy, batches, packing, warnings)
-    model = _model(config, legacy, accelerator, sequence)
+    model = _model(config, legacy, accelerator, sequence, warnings)
     trainer = _trainer(
         config, legacy, accelerator, devices, num_nodes, batches.accumulation, log_dir, warnings
     )
@@ -266,6 +266,11 @@ def _data(
         "seed": int(get("trainer.seed", 1)),
         "template_kwargs": dict(get("data.apply_chat_template_kwargs") or {}),
     }
+    thinking = _thinking_default(get("data.enable_thinking_default"))
+    if thinking is not None:  # MultiTurnSFTDataset: the default overrides apply_chat_template_kwargs' value
+        data["template_kwargs"]["enable_thinking"] = thinking
+    if "data.num_workers" in config.given:  # verl's DataLoader workers (lit_sft's default: none)
+        data["num_workers"] = int(get("data.num_workers"))
     if batches.max_tokens is not None:
         data["max_tokens_per_batch"] = batches.max_tokens
     for key, native in (
@@ -299,6 +304,23 @@ def _data(
     return data
 
 
+def _thinking_default(value: Any) -> bool | None:
+    """``data.enable_thinking_default`` as the ``enable_thinking`` template argument, or None for none.
+
+    verl's yaml default is the string ``none``, which its dataset turns into ``bool("none") = True``: the
+    templates that read ``enable_thinking`` (Qwen3's) treat True as unset, so lit_sft leaves it unset.
+    """
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        return None
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false"):
+            raise ConfigError(
+                f"verl key data.enable_thinking_default={value!r}: expected true, false or none"
+            )
+        return value.lower() == "true"
+    return bool(value)
+
+
 def _refuse_thinking_column(data: dict[str, Any], column: str) -> None:
     """verl's MultiTurnSFTDataset passes a per-row ``enable_thinking`` column to the chat template; lit_sft
     does not, so local parquet files that have one are refused rather than silently read without it."""
@@ -316,7 +338,9 @@ def _refuse_thinking_column(data: dict[str, Any], column: str) -> None:
                 )
 
 
-def _model(config: VerlConfig, legacy: bool, accelerator: str, sequence: int) -> dict[str, Any]:
+def _model(
+    config: VerlConfig, legacy: bool, accelerator: str, sequence: int, warnings: list[str]
+) -> dict[str, Any]:
     get = config.get
     prefix = "model.fsdp_config." if legacy else "engine."
     dtype = get(prefix + "model_dtype", "fp32")
@@ -337,20 +361,62 @@ def _model(config: VerlConfig, legacy: bool, accelerator: str, sequence: int) ->
         model["chat_template"] = template
     if not legacy and get("model.override_config"):
         model["model_kwargs"] = dict(get("model.override_config"))
-    rank = int(get("model.lora_rank", 0) or 0)
-    if rank > 0:
-        targets = get("model.target_modules", "all-linear")
-        model["lora"] = {"r": rank, "alpha": get("model.lora_alpha", 16), "target_modules": targets}
+    lora = _lora(config, legacy, warnings)
+    if lora is not None:
+        model["lora"] = lora
     model["optimizer"] = {
         "class_path": "torch.optim.AdamW",
         "init_args": {"lr": float(get("optim.lr")), "betas": list(get("optim.betas")),
                       "weight_decay": float(get("optim.weight_decay"))},
     }  # fmt: skip
-    model["lr_scheduler"] = {"class_path": "lit_sft.WarmupDecayLR", "init_args": _schedule(config, legacy)}
+    model["lr_scheduler"] = {
+        "class_path": "lit_sft.WarmupDecayLR",
+        "init_args": _schedule(config, legacy, warnings),
+    }
     return model
 
 
-def _schedule(config: VerlConfig, legacy: bool) -> dict[str, Any]:
+#: Megatron's linear layer names (``model.lora.target_modules``) -> the Hugging Face modules they hold.
+_MEGATRON_LINEARS = {
+    "linear_qkv": ["q_proj", "k_proj", "v_proj"],
+    "linear_proj": ["o_proj"],
+    "linear_fc1": ["gate_proj", "up_proj"],
+    "linear_fc2": ["down_proj"],
+}
+_LORA_TYPES = {"lora": False, "canonical_lora": False, "dora": True}
+
+
+def _lora(config: VerlConfig, legacy: bool, warnings: list[str]) -> dict[str, Any] | None:
+    """LoRA from ``model.lora_rank``/``lora_alpha``/``target_modules`` (what verl's FSDP engine reads) or from
+    ``model.lora.*`` (the Megatron-Bridge LoRA of newer verl: rank, alpha, dropout, target_modules, type)."""
+    get = config.get
+    rank = int(get("model.lora_rank", 0) or 0)
+    nested = 0 if legacy else int(get("model.lora.rank", 0) or 0)
+    if rank > 0 and nested > 0:
+        raise ConfigError(
+            f"model.lora_rank={rank} and model.lora.rank={nested} are both set: set one "
+            "(verl's FSDP engine reads model.lora_rank)"
+        )
+    if rank > 0:
+        return {"r": rank, "alpha": get("model.lora_alpha", 16),
+                "target_modules": get("model.target_modules", "all-linear")}  # fmt: skip
+    if nested <= 0:
+        return None
+    kind = get("model.lora.type", "lora")
+    if kind not in _LORA_TYPES:
+        raise ConfigError(f"verl key model.lora.type={kind!r}: lit_sft implements {', '.join(_LORA_TYPES)}")
+    targets = get("model.lora.target_modules") or "all-linear"
+    if isinstance(targets, list):
+        targets = [hf for name in targets for hf in _MEGATRON_LINEARS.get(name, [name])]
+    warnings.append(
+        f"model.lora.rank={nested}: verl's FSDP engine reads model.lora_rank (model.lora is Megatron's LoRA); "
+        "lit_sft trains LoRA with model.lora's rank, alpha, dropout and target modules (Megatron names mapped)"
+    )
+    return {"r": nested, "alpha": get("model.lora.alpha", 32), "dropout": float(get("model.lora.dropout", 0.0)),
+            "target_modules": targets, "use_dora": _LORA_TYPES[kind]}  # fmt: skip
+
+
+def _schedule(config: VerlConfig, legacy: bool, warnings: list[str]) -> dict[str, Any]:
     get = config.get
     if (
         legacy
@@ -364,6 +430,15 @@ def _schedule(config: VerlConfig, legacy: bool) -> dict[str, Any]:
         )
     if name not in ("cosine", "constant"):
         raise ConfigError(f"verl lr scheduler {name!r} is not supported: use cosine or constant")
+    if not legacy and get("optim.zero_indexed_step") is False:
+        if name == "cosine":
+            raise ConfigError(
+                "verl key optim.zero_indexed_step=false (the cosine schedule counted from step 1) is not "
+                "supported: lit_sft's schedule counts from step 0"
+            )
+        warnings.append(
+            "verl key optim.zero_indexed_step=false has no effect on the constant schedule (as in verl)"
+        )
     schedule = {
         "schedule": name,
         "warmup_ratio": float(get("optim.lr_warmup_steps_ratio", 0.0)),
