@@ -121,7 +121,8 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         shuffle: Shuffle training rows every epoch.
         seed: Seed of the shuffle and of the ``val_ratio`` split.
         num_workers: DataLoader worker processes.
-        num_proc: Processes for tokenization (``datasets.map``).
+        num_proc: Processes for tokenization (``datasets.map``); default: every core (shared among this
+            node's ranks, at most 16) for 20,000 rows or more, one below.
         cache_dir: ``datasets`` cache directory.
         trust_remote_code: Passed to ``AutoTokenizer.from_pretrained``.
     """

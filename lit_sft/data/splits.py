@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -186,10 +187,29 @@ class TokenizedSource:
         return RowError(self.source.name, self.file_row(position), field_name, reason + more, hint=hint)
 
 
+#: Rows below which tokenization stays in this process: starting workers (each unpickles the tokenizer)
+#: costs more than it saves on fewer rows (GSM8K's 7,473 rows take a few seconds on one core).
+PARALLEL_ROWS = 20_000
+#: Most worker processes by default: beyond this, datasets' per-shard overhead and memory outgrow the gain.
+MAX_DEFAULT_PROCESSES = 16
+
+
+def default_num_proc(rows: int) -> int:
+    """Tokenization processes when ``data.num_proc`` is unset: every core this process may use, shared
+    among the ranks of this node (each tokenizes its own copy), at most `MAX_DEFAULT_PROCESSES`; one for
+    fewer than `PARALLEL_ROWS` rows."""
+    if rows < PARALLEL_ROWS:
+        return 1
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_DEFAULT_PROCESSES, cores // max(local_ranks, 1), rows // (PARALLEL_ROWS // 2)))
+
+
 def tokenize_sources(
     sources: Sequence[Source], positions: np.ndarray, row_tokenizer_for: Any, num_proc: int | None = None
 ) -> list[TokenizedSource]:
-    """Run the cached tokenizing ``map`` over the rows at ``positions`` (over the concatenated sources)."""
+    """Run the cached tokenizing ``map`` over the rows at ``positions`` (over the concatenated sources),
+    on ``num_proc`` processes (None: `default_num_proc`)."""
     results = []
     offset = 0
     for source in sources:
@@ -210,7 +230,7 @@ def tokenize_sources(
             remove_columns=selected.column_names,
             features=row_tokenizer.features,
             new_fingerprint=fingerprint[:32],
-            num_proc=num_proc if num_proc and num_proc > 1 else None,
+            num_proc=processes if (processes := num_proc or default_num_proc(len(rows))) > 1 else None,
             with_indices="row" in row_tokenizer.features,
             desc=f"Tokenizing {source.name}",
         ).with_format(

@@ -22,15 +22,20 @@ def lost_content(
     A trained turn is looked for in its own rendered text (as at inference), any other message in the
     whole rendering. Whitespace is ignored: templates trim content and lay JSON out their own way.
     """
-    whole = _squash(full)
+    whole = _Text(full)
     lost = []
     for index, message in enumerate(conversation.messages):
         where = f"{conversation.field}[{index}]"
         trained = index in before
-        text = _squash(through[index][len(before[index]) :]) if trained else whole
+        rendered = _Text(through[index][len(before[index]) :]) if trained else whole
         content = message.get("content")
-        if isinstance(content, str) and content.strip() and not _shown(content, text):
+        # Most content appears verbatim: only what does not is looked for with whitespace squashed.
+        shown = not isinstance(content, str) or not content.strip() or content in rendered.raw
+        if not shown and not _shown(content, rendered.squashed):
             lost.append((f"{where}.content", f"the content of {message['role']} message {index}"))
+        if not message.get("tool_calls") and not (trained and message.get("reasoning_content")):
+            continue
+        text = rendered.squashed
         reasoning = message.get("reasoning_content")
         if trained and isinstance(reasoning, str) and reasoning.strip() and not _shown(reasoning, text):
             lost.append((f"{where}.reasoning_content", f"the reasoning_content of message {index}"))
@@ -38,6 +43,20 @@ def lost_content(
             if not _call_rendered(call, text):
                 lost.append((f"{where}.tool_calls[{position}]", f"tool call {position} of message {index}"))
     return lost
+
+
+class _Text:
+    """A rendering, and (computed once, when first needed) the same with its whitespace removed."""
+
+    def __init__(self, raw: str) -> None:
+        self.raw = raw
+        self._squashed: str | None = None
+
+    @property
+    def squashed(self) -> str:
+        if self._squashed is None:
+            self._squashed = _squash(self.raw)
+        return self._squashed
 
 
 def _squash(text: str) -> str:
