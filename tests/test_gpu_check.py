@@ -87,3 +87,85 @@ def test_the_cpu_smoke_run_goes_through_every_step(tmp_path) -> None:
     assert os.path.getsize(out + ".png") > 0
     with open(out + ".md", encoding="utf-8") as handle:
         assert "CPU smoke run: not a measurement" in handle.read()
+
+
+# --- benchmarks/gpu_prepare.sh and its pins (benchmarks/gpu_carry.txt) ---------------------------------------
+
+ROOT = os.path.abspath(os.path.join(BENCHMARKS, ".."))
+FAKE_PYTHON = """#!/usr/bin/env bash
+# A python3 that has pip but none of the carried packages: 'pip show' finds nothing; 'pip download' records the
+# pin it was asked for and writes an empty wheel, or fails for the pin named in NO_WHEEL.
+[ "$1 $2" = "-m pip" ] || exit 3
+case "$3" in
+  --version) echo "pip 0.0 (fake)";;
+  show) exit 1;;
+  download)
+    pin="${@: -1}"; dest=""; previous=""
+    for arg in "$@"; do [ "$previous" = "-d" ] && dest=$arg; previous=$arg; done
+    echo "$pin" >>"$DOWNLOADS"
+    [ "$pin" = "${NO_WHEEL:-}" ] && { echo "ERROR: No matching distribution found for $pin" >&2; exit 1; }
+    touch "$dest/${pin%%==*}-${pin##*==}-py3-none-any.whl";;
+  *) exit 3;;
+esac
+"""
+
+
+def carry_pins() -> list[str]:
+    with open(os.path.join(BENCHMARKS, "gpu_carry.txt"), encoding="utf-8") as handle:
+        lines = (line.split("#", 1)[0].strip() for line in handle)
+        return [line for line in lines if line]
+
+
+def run_prepare(
+    tmp_path, gsm8k_files=("train.jsonl", "test.jsonl"), **env: str
+) -> subprocess.CompletedProcess:
+    bin_dir, gsm8k = tmp_path / "bin", tmp_path / "gsm8k"
+    bin_dir.mkdir()
+    gsm8k.mkdir()
+    (bin_dir / "python3").write_text(FAKE_PYTHON)
+    (bin_dir / "python3").chmod(0o755)
+    for name in gsm8k_files:
+        (gsm8k / name).write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    environment = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DOWNLOADS": str(tmp_path / "asked"),
+                   "GPU_CARRY": str(tmp_path / "carry"), "LIT_SFT_GSM8K": str(gsm8k), **env}  # fmt: skip
+    return subprocess.run(["bash", os.path.join(BENCHMARKS, "gpu_prepare.sh")], capture_output=True, text=True,
+                          env=environment, timeout=60)  # fmt: skip
+
+
+def test_prepare_takes_its_pins_from_the_committed_list_not_from_the_python_running_it(tmp_path) -> None:
+    done = run_prepare(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "asked").read_text().split() == carry_pins()
+    assert len(os.listdir(tmp_path / "carry" / "wheels")) == len(carry_pins())
+    assert sorted(os.listdir(tmp_path / "carry" / "gsm8k")) == ["test.jsonl", "train.jsonl"]
+
+
+def test_prepare_says_which_pin_has_no_wheel_and_which_file_is_missing(tmp_path) -> None:
+    done = run_prepare(tmp_path, NO_WHEEL="trl==1.16.0")
+    assert done.returncode != 0
+    assert "no wheel of trl==1.16.0 for Python 3.12" in done.stderr
+    assert "No matching distribution found for trl==1.16.0" in done.stderr
+    (tmp_path / "again").mkdir()
+    done = run_prepare(tmp_path / "again", gsm8k_files=("train.jsonl",))
+    assert done.returncode != 0 and "test.jsonl is missing" in done.stderr, done.stderr
+
+
+def test_the_carried_pins_are_exact_and_the_tested_versions_unless_a_reason_is_given() -> None:
+    with open(os.path.join(ROOT, "requirements", "tested.txt"), encoding="utf-8") as handle:
+        tested = {}
+        for line in handle:
+            if "==" in line and not line.startswith("#"):
+                name, version = line.split("#", 1)[0].strip().split("==")
+                tested[name.lower().replace("_", "-")] = version
+    with open(os.path.join(BENCHMARKS, "gpu_carry.txt"), encoding="utf-8") as handle:
+        lines = [line for line in handle if line.split("#", 1)[0].strip()]
+    names = []
+    for line in lines:
+        pin, _, reason = line.partition("#")
+        name, version = pin.strip().split("==")
+        names.append(name.lower().replace("_", "-"))
+        if tested.get(names[-1]) != version:
+            assert "tested:" in reason, f"{pin.strip()} differs from requirements/tested.txt without a reason"
+    assert len(set(names)) == len(names), "one version of each: two stop the device's whole install"
+    # What the device lacks and lit_sft or the check imports.
+    assert {"datasets", "jsonargparse", "omegaconf", "dill", "multiprocess", "trl"} <= set(names)
