@@ -7,19 +7,30 @@
 #   bash benchmarks/gpu_rehearsal.sh          # about 1 minute of downloads (cached), a few of installing, then the check
 #
 # REHEARSAL_CACHE (default /work/cache/rehearsal) holds the downloaded wheels and the environment, reused while the
-# pins below are unchanged. REHEARSAL_PYTHON picks the interpreter (default: python3.12 if present, else python3).
+# pins below are unchanged. REHEARSAL_PYTHON picks the interpreter (default: python3.12 on the PATH, else pyenv's
+# 3.12, else python3 with the nearest numpy; the log says which).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 fail() { echo "gpu_rehearsal.sh: $*" >&2; exit 1; }
 
-# The GPU machine's versions (docs/.library KINDS.md, 2026-11): torch 2.11.0 on Linux comes from the registry as its
+# The GPU machine's versions (as read there in 2026-11; docs/benchmarks/gpu.md): torch 2.11.0 on Linux comes from the registry as its
 # CUDA build (about 3.5 GB with its dependencies), which runs on a CPU.
 device_pins=(torch==2.11.0 transformers==5.17.0 huggingface_hub==1.33.0 'pyarrow==21.*' lightning==2.6.6
   pytorch-lightning==2.6.6 torchmetrics==1.9.0 accelerate==1.15.0 tokenizers==0.23.2 safetensors==0.8.0
-  peft pandas xxhash matplotlib pytest hypothesis)
+  peft pandas xxhash matplotlib pytest hypothesis
+  # Also in the machine's image (its package list; versions not read there, so the newest that fit):
+  # what datasets, TRL, lit_sft and the tests import beside the above.
+  requests tqdm pyyaml psutil rich aiohttp jinja2 pillow tensorboard)
 cache=${REHEARSAL_CACHE:-/work/cache/rehearsal}
-python=${REHEARSAL_PYTHON:-$(command -v python3.12 || command -v python3)}
-[ -x "$python" ] || fail "no Python interpreter at '$python' (set REHEARSAL_PYTHON)"
+find_python() {  # the GPU machine's Python 3.12: on the PATH, else pyenv's (whose shim may not select it)
+  local candidate
+  for candidate in "$(command -v python3.12)" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 "$(command -v python3)"; do
+    [ -n "$candidate" ] && [ -x "$candidate" ] && "$candidate" -c '' 2>/dev/null && { echo "$candidate"; return; }
+  done
+}
+python=${REHEARSAL_PYTHON:-$(find_python)}
+[ -n "$python" ] && [ -x "$python" ] || fail "no Python interpreter found (set REHEARSAL_PYTHON)"
+echo "gpu_rehearsal.sh: $python ($("$python" --version 2>&1))"
 version=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 # numpy 2.5.2 (the machine's) has wheels for Python 3.12+ only; the newest for an older Python stands in.
 if [ "$version" = 3.12 ]; then device_pins+=(numpy==2.5.2); else device_pins+=(numpy==2.4.6); fi
