@@ -391,25 +391,36 @@ def step_tests(args: argparse.Namespace, compile_heavy: bool) -> None:
         raise SystemExit(int(code))
 
 
+def dispatch(name: str) -> tuple[str, tuple[str, ...]]:
+    """Which step function runs the step ``name``, and its arguments (a plan's names parse here)."""
+    if name in ("probe", "gsm8k", "longest"):
+        return name, ()
+    if name.startswith("prepare "):
+        return "prepare", (name.removeprefix("prepare "),)
+    if name.startswith("throughput ") and ": " in name:
+        preset, config = name.removeprefix("throughput ").split(": ", 1)
+        return "throughput", (preset, config)
+    if name in ("gpu tests", "gpu tests: compile-heavy"):
+        return "tests", (name,)
+    raise SystemExit(f"unknown step {name!r}")
+
+
 def run_step(args: argparse.Namespace) -> None:
     """In a step's own process: run the step named ``args.step``."""
     sys.path.insert(0, HERE)
-    name = args.step
-    if name == "probe":
+    function, arguments = dispatch(args.step)
+    if function == "probe":
         record("probe", smoke=args.cpu_smoke, **probe())
-    elif name == "gsm8k":
+    elif function == "gsm8k":
         step_gsm8k(args)
-    elif name.startswith("prepare "):
-        step_prepare(args, name.removeprefix("prepare "))
-    elif name.startswith("throughput "):
-        preset, config = name.removeprefix("throughput ").split(": ", 1)
-        step_throughput(args, preset, config)
-    elif name == "longest":
+    elif function == "prepare":
+        step_prepare(args, *arguments)
+    elif function == "throughput":
+        step_throughput(args, *arguments)
+    elif function == "longest":
         step_longest(args)
-    elif name.startswith("gpu tests"):
-        step_tests(args, compile_heavy=name.endswith("compile-heavy"))
     else:
-        raise SystemExit(f"unknown step {name!r}")
+        step_tests(args, compile_heavy=arguments[0].endswith("compile-heavy"))
 
 
 def smoke_gsm8k() -> str:
@@ -458,7 +469,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"results: {results}; {len(steps)} steps, {sum(s.budget for s in steps):.0f} s of budgets", flush=True
     )
     run_plan(steps, results, args.budget, smoke=args.cpu_smoke)
-    derive_report(results)
+    reported = derive_report(results)
+    unfinished = [r["step"] for r in read_results(results) if r["kind"] == "step" and r["status"] != "ok"]
+    if unfinished:  # the results and the report are written: the exit code only tells a rehearsal or a script
+        print(
+            f"{len(unfinished)} of {len(steps)} steps did not complete: {', '.join(unfinished)}", flush=True
+        )
+    if unfinished or not reported:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,21 @@ def test_the_steps_fit_one_device_command_most_valuable_first(tmp_path) -> None:
     )
 
 
+def test_every_planned_step_names_a_step_the_check_can_run(tmp_path) -> None:
+    import train_vs_trl
+
+    for smoke in (False, True):
+        for step in gpu_check.plan(smoke, str(tmp_path)):
+            assert step.command[step.command.index("--step") + 1] == step.name
+            function, arguments = gpu_check.dispatch(step.name)
+            if function in ("prepare", "throughput"):
+                assert arguments[0] in train_vs_trl.PRESETS, step.name
+            if function == "throughput":
+                assert arguments[1] in train_vs_trl.CONFIGS, step.name
+    with pytest.raises(SystemExit, match=r"unknown step .throughput 1\.5b."):
+        gpu_check.dispatch("throughput 1.5b")
+
+
 def throughput(config: str, trained: float, memory_mb: float = 2048.0, mfu: float | None = 0.42) -> dict:
     return {"kind": "throughput", "preset": "1.5b", "config": config, "trained_tokens_per_second": trained,
             "tokens_per_second": 2 * trained, "step_seconds": 0.5, "peak_memory_mb": memory_mb, "loss": 9.0,
