@@ -203,14 +203,15 @@ def test_a_report_that_fails_leaves_the_results_intact(tmp_path, monkeypatch) ->
 @pytest.mark.slow
 def test_the_cpu_smoke_run_goes_through_every_step(tmp_path) -> None:
     """Minutes on two cores: every step with tiny shapes (what cannot run on a CPU is named), and the report."""
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(os.path.join(BENCHMARKS, ".."))}
+    root, paths = os.path.abspath(os.path.join(BENCHMARKS, "..")), os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": root + (os.pathsep + paths if paths else "")}  # keep carried packages
     env.pop("OUT", None)
     done = subprocess.run(
         [PYTHON, os.path.join(BENCHMARKS, "gpu_check.py"), "--cpu-smoke", "--out", str(tmp_path),
          "--work", str(tmp_path / "work")],
         capture_output=True, text=True, env=env, timeout=900,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     records = gpu_check.read_results(str(tmp_path / "gpu_results.jsonl"))
     found = {r["step"]: r for r in records if r["kind"] == "step"}
     assert [s["name"] for s in records[0]["steps"]] == list(found)  # every planned step has a status
