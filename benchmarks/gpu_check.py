@@ -143,6 +143,7 @@ def probe() -> dict[str, Any]:
 
     return {
         "python": platform.python_version(),
+        "libc": " ".join(platform.libc_ver()),
         "executable": sys.executable,
         "packages": {name: version(name) for name in PROBED_PACKAGES},
         "varlen_attn": guarded(varlen_signature),

@@ -42,7 +42,10 @@ done
 
 rm -rf "$carry/wheels" && mkdir -p "$carry/wheels" "$carry/gsm8k" || fail "cannot create $carry/wheels"
 platforms=()
-for platform in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
+# The machine's glibc is unread (the probe records it); its Python 3.12.3 is Ubuntu 24.04's (glibc 2.39). pip
+# matches each manylinux tag exactly, so each is named.
+for platform in manylinux_2_35_x86_64 manylinux_2_34_x86_64 manylinux_2_31_x86_64 manylinux_2_28_x86_64 \
+  manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
   platforms+=(--platform "$platform")
 done
 for pin in "${pins[@]}"; do

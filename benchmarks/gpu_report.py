@@ -98,7 +98,7 @@ def machine(probe: dict[str, Any] | None) -> list[str]:
         f"{name} {version or 'absent'}" for name, version in probe.get("packages", {}).items()
     )
     return [
-        f"{device}; Python {probe.get('python')}; {packages}.",
+        f"{device}; Python {probe.get('python')} ({probe.get('libc')}); {packages}.",
         "",
         f"`varlen_attn`: {probe.get('varlen_attn') or 'absent'}. C compiler: {probe.get('c_compiler') or 'none'}; "
         f"nvcc: {probe.get('nvcc') or 'none'}; {probe.get('cpu_count')} CPUs.",

@@ -44,7 +44,7 @@ def test_the_probe_is_recorded_before_any_step_runs(tmp_path) -> None:
     found = gpu_check.read_results(results)[1]
     import torch
 
-    assert found["python"] == platform.python_version()
+    assert found["python"] == platform.python_version() and found["libc"] == " ".join(platform.libc_ver())
     assert found["packages"]["torch"] == importlib.metadata.version("torch")
     assert found["cuda"] is None and not torch.cuda.is_available()
     assert set(found["packages"]) >= {"torch", "transformers", "huggingface_hub", "lightning", "peft", "datasets",
@@ -137,7 +137,7 @@ def throughput(config: str, trained: float, memory_mb: float = 2048.0, mfu: floa
 RECORDS = [
     {"kind": "plan", "total_budget": 540, "smoke": False,
      "steps": [{"name": n, "budget": 30} for n in ("probe", "gsm8k", "throughput", "longest", "gpu tests")]},
-    {"kind": "probe", "python": "3.12.3", "packages": {"torch": "2.11.0+cu130", "datasets": None},
+    {"kind": "probe", "python": "3.12.3", "libc": "glibc 2.39", "packages": {"torch": "2.11.0+cu130", "datasets": None},
      "varlen_attn": "varlen_attn(query, key, value, cu_seq_q)", "c_compiler": "/usr/bin/cc", "nvcc": None,
      "cpu_count": 16, "cuda": {"name": "NVIDIA H200", "memory_gib": 139.8, "capability": "9.0", "cuda": "13.0"}},
     {"kind": "step", "step": "probe", "status": "ok", "seconds": 4.0},
@@ -162,7 +162,7 @@ def test_the_report_is_derived_from_the_results_file_alone(tmp_path) -> None:
     text = (tmp_path / "gpu_report.md").read_text()
     assert (tmp_path / "gpu_report.png").stat().st_size > 0
     assert (
-        "NVIDIA H200 (139.8 GiB, capability 9.0, CUDA 13.0); Python 3.12.3; torch 2.11.0+cu130, datasets absent"
+        "NVIDIA H200 (139.8 GiB, capability 9.0, CUDA 13.0); Python 3.12.3 (glibc 2.39); torch 2.11.0+cu130, datasets absent"
         in text
     )
     assert "`varlen_attn`: varlen_attn(query, key, value, cu_seq_q). C compiler: /usr/bin/cc" in text
