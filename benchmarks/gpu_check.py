@@ -162,8 +162,8 @@ def plan(smoke: bool, work: str, steps: int = 6, warmup: int = 2) -> list[Step]:
     this = (sys.executable, os.path.abspath(__file__))
     timing = ("--steps", str(steps), "--warmup", str(warmup), "--work", work)
 
-    def step(name: str, gpu: float, cpu: float, *arguments: str, needs: str | None = None) -> Step:
-        command = (*this, "--step", name, *arguments, *(("--cpu-smoke",) if smoke else ()), *timing)
+    def step(name: str, gpu: float, cpu: float, needs: str | None = None) -> Step:
+        command = (*this, "--step", name, *(("--cpu-smoke",) if smoke else ()), *timing)
         return Step(name, cpu if smoke else gpu, command, needs)
 
     def throughput(preset: str, budgets: dict[str, tuple[float, float]]) -> list[Step]:
@@ -186,6 +186,14 @@ def plan(smoke: bool, work: str, steps: int = 6, warmup: int = 2) -> list[Step]:
         step("gpu tests", 30, 60),
         step("gpu tests: compile-heavy", 35, 20),
     ]
+
+
+class Interrupted(Exception):
+    """The check itself was told to stop (SIGTERM, SIGINT: an outer ``timeout``, the device tool, Ctrl-C)."""
+
+
+def interrupt(signum: int, frame: Any) -> None:
+    raise Interrupted(signal.Signals(signum).name)
 
 
 class Deadline:
@@ -212,21 +220,40 @@ def run_plan(
                      "steps": [{"name": s.name, "budget": s.budget} for s in steps]})  # fmt: skip
     completed: set[str] = set()
     log = log or results[: -len(".jsonl")] + "_steps.log"
-    for step in steps:
-        status: dict[str, Any] = {"kind": "step", "step": step.name, "budget": step.budget}
-        if step.needs and step.needs not in completed:
-            status.update(status="skipped", reason=f"needs '{step.needs}', which did not complete")
-        elif deadline.left() < step.budget:
-            status.update(status="skipped", reason=f"would overrun the check: needs {step.budget:.0f} s, "
-                                                   f"{max(deadline.left(), 0):.0f} s left")  # fmt: skip
-        else:
+    # A step runs in its own session (so that its whole group can be killed): a signal to the check reaches it
+    # only through here, which kills the running step's group and records it before the check stops.
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for step in steps:
+            run_or_skip(step, results, log, deadline, completed)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def run_or_skip(step: Step, results: str, log: str, deadline: Deadline, completed: set[str]) -> None:
+    """One step of ``run_plan``: skipped (named) if it cannot or should not run, else run; its status appended."""
+    status: dict[str, Any] = {"kind": "step", "step": step.name, "budget": step.budget}
+    if step.needs and step.needs not in completed:
+        status.update(status="skipped", reason=f"needs '{step.needs}', which did not complete")
+    elif deadline.left() < step.budget:
+        status.update(status="skipped", reason=f"would overrun the check: needs {step.budget:.0f} s, "
+                                               f"{max(deadline.left(), 0):.0f} s left")  # fmt: skip
+    else:
+        started = time.monotonic()
+        try:
             status.update(run_one(step, results, log))
-        if status["status"] == "ok":
-            completed.add(step.name)
-        append(results, status)
-        print(f"[{step.name}] {status['status']}"
-              + (f" in {status['seconds']} s" if "seconds" in status else "")
-              + (f": {status['reason']}" if status.get("reason") else ""), flush=True)  # fmt: skip
+        except Interrupted as signal_name:
+            status.update(status="interrupted", seconds=round(time.monotonic() - started, 1),
+                          reason=f"the check received {signal_name}")  # fmt: skip
+            append(results, status)
+            raise
+    if status["status"] == "ok":
+        completed.add(step.name)
+    append(results, status)
+    print(f"[{step.name}] {status['status']}"
+          + (f" in {status['seconds']} s" if "seconds" in status else "")
+          + (f": {status['reason']}" if status.get("reason") else ""), flush=True)  # fmt: skip
 
 
 def run_one(step: Step, results: str, log: str) -> dict[str, Any]:
@@ -470,7 +497,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"results: {results}; {len(steps)} steps, {sum(s.budget for s in steps):.0f} s of budgets", flush=True
     )
-    run_plan(steps, results, args.budget, smoke=args.cpu_smoke)
+    try:
+        run_plan(steps, results, args.budget, smoke=args.cpu_smoke)
+    except Interrupted as signal_name:
+        print(f"stopped by {signal_name}: the report from what was recorded", flush=True)
+        derive_report(results, timeout=20)
+        raise SystemExit(143) from None
     reported = derive_report(results)
     unfinished = [r["step"] for r in read_results(results) if r["kind"] == "step" and r["status"] != "ok"]
     if unfinished:  # the results and the report are written: the exit code only tells a rehearsal or a script

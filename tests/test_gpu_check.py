@@ -3,13 +3,16 @@ that fit one device command, the report from the results file alone, the carried
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -78,6 +81,42 @@ def test_a_step_that_raises_or_overruns_is_killed_named_and_loses_nothing(tmp_pa
     assert [r["tokens"] for r in records if r["kind"] == "longest"] == [
         64
     ]  # what the killed step recorded stays
+
+
+def test_a_signal_to_the_check_kills_the_running_step_and_is_recorded(tmp_path) -> None:
+    """Steps run in their own sessions: without the check passing a SIGTERM on, a step would outlive it."""
+    results = str(tmp_path / "gpu_results.jsonl")
+    sleeper = write(results, {"kind": "pid"}).replace(
+        "{'kind': 'pid'}", "{'kind': 'pid', 'pid': os.getpid()}"
+    )
+    command = (PYTHON, "-c", sleeper + "; import time; time.sleep(120)")
+    check = subprocess.Popen(
+        [
+            PYTHON,
+            "-c",
+            f"import sys; sys.path.insert(0, {BENCHMARKS!r}); import gpu_check; "
+            f"gpu_check.run_plan([gpu_check.Step('sleeps', 120, {command!r})], {results!r})",
+        ]
+    )
+
+    def recorded() -> bool:
+        return os.path.exists(results) and any(r["kind"] == "pid" for r in gpu_check.read_results(results))
+
+    deadline = time.monotonic() + 60
+    while not recorded():
+        assert time.monotonic() < deadline and check.poll() is None
+        time.sleep(0.2)
+    pid = next(r["pid"] for r in gpu_check.read_results(results) if r["kind"] == "pid")
+    check.send_signal(signal.SIGTERM)
+    try:
+        assert check.wait(timeout=30) != 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # the step's process is gone
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # a failing run leaves no sleeper behind
+    found = statuses(results)["sleeps"]
+    assert found["status"] == "interrupted" and found["reason"] == "the check received SIGTERM"
 
 
 def test_a_step_that_would_overrun_the_whole_check_is_skipped_and_named(tmp_path) -> None:
