@@ -50,7 +50,8 @@ SIZES = {
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """Measure; the result (also printed, and written to ``--json``)."""
     here = os.path.dirname(os.path.abspath(__file__))
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -66,7 +67,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--no-stop", action="store_true", help="generate max-new-tokens for every question")
     parser.add_argument("--json", help="also write the result here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     tokenizer = load_tokenizer("builtin:byte-chatml")
     config = AutoConfig.for_model(
@@ -108,6 +109,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=2)
+    return result
 
 
 if __name__ == "__main__":
