@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import datasets
 import numpy as np
 
 from lit_sft.data.conversation import FormatOptions, required_columns, resolve_format
+from lit_sft.data.processes import usable_cores
 from lit_sft.data.row_tokenizer import DROPPED_NOT_INVALID, OK
 from lit_sft.data.sources import Source
 from lit_sft.errors import DataFileError, RowError
@@ -200,9 +200,7 @@ def default_num_proc(rows: int) -> int:
     fewer than `PARALLEL_ROWS` rows."""
     if rows < PARALLEL_ROWS:
         return 1
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(MAX_DEFAULT_PROCESSES, cores // max(local_ranks, 1), rows // (PARALLEL_ROWS // 2)))
+    return max(1, min(MAX_DEFAULT_PROCESSES, usable_cores(), rows // (PARALLEL_ROWS // 2)))
 
 
 def tokenize_sources(

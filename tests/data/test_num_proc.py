@@ -5,7 +5,7 @@ from __future__ import annotations
 import datasets
 import pytest
 
-from lit_sft.data import SFTDataModule, splits
+from lit_sft.data import SFTDataModule, processes, splits
 from lit_sft.data.splits import default_num_proc
 from tests.helpers import write_jsonl
 
@@ -13,7 +13,7 @@ from tests.helpers import write_jsonl
 @pytest.fixture
 def cores(monkeypatch):
     def set_cores(count: int) -> None:
-        monkeypatch.setattr(splits.os, "sched_getaffinity", lambda pid: set(range(count)), raising=False)
+        monkeypatch.setattr(processes.os, "sched_getaffinity", lambda pid: set(range(count)), raising=False)
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     return set_cores

@@ -124,3 +124,33 @@ def test_reading_holds_a_batch_not_the_file(tmp_path, monkeypatch) -> None:
         path = write_lines(tmp_path / f"rows-{count}.jsonl", [json.dumps(row)] * count)
         peaks.append(peak_python_memory(path, str(tmp_path / f"cache-{count}")))
     assert peaks[1] < 1.5 * peaks[0], peaks
+
+
+@pytest.fixture
+def parallel(monkeypatch) -> None:
+    """Two worker processes for any jsonl file, each range crossing several batches."""
+    monkeypatch.setattr(readers, "PARALLEL_BYTES", 1)
+    monkeypatch.setattr(readers, "usable_cores", lambda: 2)
+    monkeypatch.setattr(readers, "BATCH_ROWS", 2)
+
+
+def test_two_processes_read_the_rows_one_reads(tmp_path, parallel) -> None:
+    lines = [json.dumps({"q": str(i)} if i % 3 else {"q": i, f"late{i}": [i]}) for i in range(13)]
+    lines[5:5] = ["", "   "]
+    dataset = read_rows(write_lines(tmp_path / "rows.jsonl", lines), "jsonl", "rows.jsonl", str(tmp_path))
+    assert dataset[:] == expected(lines)
+    assert list(dataset.column_names) == list(expected(lines))
+
+
+@pytest.mark.parametrize("bad", [3, 12])  # in the first half of the file, and in the second
+def test_two_processes_name_the_first_bad_line_and_its_row_in_the_file(tmp_path, parallel, bad) -> None:
+    lines = [json.dumps({"q": str(i)}) for i in range(14)]
+    lines[1:1] = [""]  # a blank line: rows and lines differ by one after it
+    lines[bad] = "[1]"
+    lines[13] = '{"q": '  # a later bad line is never the one named
+    path = write_lines(tmp_path / "rows.jsonl", lines)
+    row = bad - 1  # the blank line is not a row
+    with pytest.raises(
+        DataFileError, match=rf"rows: cannot read it: line {bad + 1} is a JSON array.*; row {row}$"
+    ):
+        read_rows(path, "jsonl", "rows", str(tmp_path))
