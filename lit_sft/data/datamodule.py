@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from typing import Any
@@ -21,24 +20,24 @@ from lit_sft.data.mixture import (
     MixturePlan,
     SourceSpec,
     as_plain,
-    cap_positions,
     data_sources,
     load_data_sources,
     plan_mixture,
 )
 from lit_sft.data.render import RewrittenTurns
 from lit_sft.data.row_tokenizer import RowTokenizer
-from lit_sft.data.sampler import MicroBatchSampler, micro_batches_per_step
-from lit_sft.data.sources import Source, expand_specs, is_local_path, load_sources
+from lit_sft.data.sampler import MicroBatchSampler
+from lit_sft.data.sources import Source, expand_specs, load_sources, missing_local_files
 from lit_sft.data.splits import (
     SplitSummary,
     check_columns,
+    choose_positions,
     column,
-    split_positions,
     tokenize_split,
 )
+from lit_sft.data.steps import accumulation_for, token_step_accumulation
 from lit_sft.data.tokenize import TokenizeOptions, Truncation
-from lit_sft.errors import ConfigError, DataFileError
+from lit_sft.errors import ConfigError
 from lit_sft.hub import TokenizerOwner
 from lit_sft.training.distributed import data_parallel_layout
 
@@ -240,16 +239,8 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
 
     def preflight_problems(self) -> list[str]:
         """Problems visible before reading any data: local data files that do not exist."""
-        problems = []
         groups = [("train_files", source.files) for source in self.data_sources]
-        for key, specs in [*groups, ("val_files", self.val_files)]:
-            try:
-                for spec in expand_specs(specs):
-                    if is_local_path(spec) and not os.path.exists(os.path.expanduser(spec)):
-                        problems.append(f"data.{key}: {spec}: no such file")
-            except DataFileError as error:
-                problems.append(f"data.{key}: {error}")
-        return problems
+        return missing_local_files([*groups, ("val_files", self.val_files)])
 
     def _load_one(self, spec: str, default_split: str) -> list[Source]:
         return load_sources(
@@ -280,21 +271,18 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
             self.data_sources, self.format_options, lambda spec: self._load_one(spec, "train")
         )
         train_sources: list[Source] = list(labeled)  # the same LabeledSource objects, as plain sources
-        sizes = [len(source.dataset) for source in train_sources]
-        if self.val_files:
-            val_sources = self._load(self.val_files, "test")
-            train_positions = np.arange(sum(sizes))
-            val_positions = np.arange(sum(len(source.dataset) for source in val_sources))
-        else:
-            val_sources = train_sources
-            train_positions, val_positions = split_positions(sizes, self.val_ratio, self.seed)
-        caps = [source.max_samples for source in self.data_sources]
-        if any(cap is not None for cap in caps):
-            train_positions = cap_positions(train_positions, ranges, caps)
-        if self.max_train_samples is not None:
-            train_positions = train_positions[: self.max_train_samples]
-        if self.max_val_samples is not None:
-            val_positions = val_positions[: self.max_val_samples]
+        val_sources = self._load(self.val_files, "test") if self.val_files else None
+        train_positions, val_positions = choose_positions(
+            [len(source.dataset) for source in train_sources],
+            None if val_sources is None else [len(source.dataset) for source in val_sources],
+            self.val_ratio,
+            self.seed,
+            ranges,
+            [source.max_samples for source in self.data_sources],
+            self.max_train_samples,
+            self.max_val_samples,
+        )
+        val_sources = train_sources if val_sources is None else val_sources
         splits = {"train": (train_sources, train_positions)}
         if len(val_positions):
             splits["val"] = (val_sources, val_positions)
@@ -343,23 +331,11 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
 
     def _token_step_accumulation(self, trainer: Any) -> int:
         """Micro-batches per step under ``max_tokens_per_batch``: the most any step of the run needs."""
-        if trainer.accumulate_grad_batches != 1:
-            raise ConfigError(
-                "trainer.accumulate_grad_batches is measured from the data with data.global_batch_size and "
-                "data.max_tokens_per_batch: leave it unset"
-            )
         assert self.global_batch_size is not None and self.train_dataset is not None  # token steps only
         sampler = self._sampler(
             self.train_dataset, self.batch_size, self.shuffle, 1, step_rows=self.global_batch_size
         )
-        steps_per_epoch = len(sampler) or 1
-        epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else 1
-        if trainer.max_steps is not None and trainer.max_steps > 0:
-            needed = -(-trainer.max_steps // steps_per_epoch)
-            epochs = (
-                min(epochs, needed) if trainer.max_epochs is not None and trainer.max_epochs > 0 else needed
-            )
-        return micro_batches_per_step(sampler, epochs)
+        return token_step_accumulation(sampler, trainer)
 
     @rank_zero_only
     def _log_summaries(self) -> None:
@@ -446,29 +422,3 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
         if self.val_dataset is None:
             return []
         return self._loader(self.val_dataset, self._sampler(self.val_dataset, self.val_batch_size, False, 1))
-
-
-def accumulation_for(
-    global_batch_size: int, batch_size: int, data_parallel_size: int, configured: int = 1
-) -> int:
-    """Micro-batches per optimizer step on each rank so that a step sees ``global_batch_size`` rows.
-
-    Args:
-        global_batch_size: Rows per optimizer step over all data-parallel ranks.
-        batch_size: Rows per micro-batch.
-        data_parallel_size: Ranks that see different rows.
-        configured: ``trainer.accumulate_grad_batches`` as configured (1, Lightning's default, means unset).
-    """
-    per_round = batch_size * data_parallel_size
-    if global_batch_size % per_round:
-        raise ConfigError(
-            f"data.global_batch_size={global_batch_size} does not divide by data.batch_size ({batch_size}) x "
-            f"data-parallel size ({data_parallel_size}) = {per_round}"
-        )
-    accumulation = global_batch_size // per_round
-    if configured not in (1, accumulation):
-        raise ConfigError(
-            f"trainer.accumulate_grad_batches={configured} disagrees with data.global_batch_size="
-            f"{global_batch_size} ({batch_size} rows x {data_parallel_size} ranks x {accumulation}): set one of them"
-        )
-    return accumulation

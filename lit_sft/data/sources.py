@@ -13,6 +13,7 @@ import glob
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import datasets
 
@@ -176,3 +177,16 @@ def load_source(
     if not isinstance(dataset, datasets.Dataset):
         raise DataFileError(f"{name}: expected a map-style dataset split, got {type(dataset).__name__}")
     return Source(name=name, dataset=dataset)
+
+
+def missing_local_files(groups: Sequence[tuple[str, Any]]) -> list[str]:
+    """``data.<key>: <file>: no such file`` for each local file of ``(key, specs)`` that does not exist."""
+    problems = []
+    for key, specs in groups:
+        try:
+            for spec in expand_specs(specs):
+                if is_local_path(spec) and not os.path.exists(os.path.expanduser(spec)):
+                    problems.append(f"data.{key}: {spec}: no such file")
+        except DataFileError as error:
+            problems.append(f"data.{key}: {error}")
+    return problems

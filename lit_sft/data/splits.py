@@ -21,6 +21,7 @@ import datasets
 import numpy as np
 
 from lit_sft.data.conversation import FormatOptions, required_columns, resolve_format
+from lit_sft.data.mixture import cap_positions
 from lit_sft.data.processes import usable_cores
 from lit_sft.data.row_tokenizer import DROPPED_NOT_INVALID, OK
 from lit_sft.data.sources import Source
@@ -123,6 +124,35 @@ def split_positions(sizes: Sequence[int], val_ratio: float, seed: int) -> tuple[
     permutation = np.random.default_rng(seed).permutation(total)
     num_val = min(total, max(1, round(val_ratio * total)))
     return np.sort(permutation[num_val:]), np.sort(permutation[:num_val])
+
+
+def choose_positions(
+    train_sizes: Sequence[int],
+    val_sizes: Sequence[int] | None,
+    val_ratio: float,
+    seed: int,
+    ranges: Any,
+    caps: Sequence[int | None],
+    max_train_samples: int | None,
+    max_val_samples: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training and validation row positions (over each split's concatenated sources).
+
+    Without validation files (``val_sizes`` None), `split_positions` holds out ``val_ratio`` of the
+    training rows; then each source's cap (`cap_positions` over its ``ranges``) and each split's
+    ``max_*_samples`` keep the first rows.
+    """
+    if val_sizes is not None:
+        train_positions, val_positions = np.arange(sum(train_sizes)), np.arange(sum(val_sizes))
+    else:
+        train_positions, val_positions = split_positions(train_sizes, val_ratio, seed)
+    if any(cap is not None for cap in caps):
+        train_positions = cap_positions(train_positions, ranges, caps)
+    if max_train_samples is not None:
+        train_positions = train_positions[:max_train_samples]
+    if max_val_samples is not None:
+        val_positions = val_positions[:max_val_samples]
+    return train_positions, val_positions
 
 
 def _select_rows(dataset: datasets.Dataset, rows: np.ndarray) -> datasets.Dataset:

@@ -9,8 +9,8 @@ import torch
 from lightning.pytorch import Callback
 
 from lit_sft import SFTModule
-from lit_sft.data.datamodule import accumulation_for
 from lit_sft.data.sampler import MicroBatchSampler, micro_batches_per_step
+from lit_sft.data.steps import accumulation_for
 from lit_sft.errors import ConfigError
 from tests.helpers import arithmetic_data, arithmetic_rows, quiet_trainer, tiny_model_config, write_jsonl
 
