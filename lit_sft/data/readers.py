@@ -155,21 +155,17 @@ class _Batches:
             values = [row.get(name) for row in rows]
             if any(value is not None and not isinstance(value, str) for value in values):
                 json_columns.add(name)
-                if exact:
-                    values = [
-                        None if value is None else _dumps(value, exact=index in exact)
-                        for index, value in enumerate(values)
-                    ]
-                else:  # orjson's bytes go to Arrow as they are (no str in between)
-                    values = [None if value is None else _dumps_bytes(value) for value in values]
+                values = [
+                    None if value is None else _dumps(value, exact=index in exact)
+                    for index, value in enumerate(values)
+                ]
             arrays.append(pa.array(values, type=pa.string()))
         self.not_strings |= json_columns
         table = pa.Table.from_arrays(arrays, names=list(names))
         layout = (tuple(names), frozenset(json_columns))
         if self._layout is None and self.direct is not None:
             self._layout = layout
-            features = datasets.Features({name: datasets.Value("string") for name in names})
-            self._writer = ArrowWriter(path=self.direct, features=features)
+            self._writer = _string_writer(self.direct, names)
         if self._writer is not None and not self.files and layout == self._layout:
             self._writer.write_table(table)
             self._direct_batches = True
@@ -188,23 +184,15 @@ class _Batches:
         if self._direct_batches and not self.files and self.direct is not None:
             os.replace(self.direct, path)  # every batch was laid out as the first: written once
             return
-        names = list(self.columns)
-        writer = ArrowWriter(
-            path=path, features=datasets.Features({name: datasets.Value("string") for name in names})
-        )
+        writer = _string_writer(path, self.columns)
         try:
             if self._direct_batches and self.direct is not None and self._layout is not None:
-                with pa.memory_map(self.direct) as source:
-                    for batch in pa.ipc.open_stream(source):
-                        table = pa.Table.from_batches([batch])
-                        writer.write_table(
-                            pa.Table.from_arrays(self._settled(table, self._layout[1]), names=names)
-                        )
+                self._write_settled(writer, self.direct, self._layout[1])
                 os.remove(self.direct)
             for file, json_columns in self.files:
                 with pa.memory_map(file) as source:
                     table = pa.ipc.open_file(source).read_all()
-                    writer.write_table(pa.Table.from_arrays(self._settled(table, json_columns), names=names))
+                writer.write_table(self._settled(table, json_columns))
                 os.remove(file)
             writer.finalize()
         finally:
@@ -212,20 +200,22 @@ class _Batches:
 
     def rewrite(self, source: str, json_columns: frozenset[str], path: str) -> None:
         """Rewrite an Arrow stream file written with ``json_columns`` to this reader's settled columns."""
-        names = list(self.columns)
-        writer = ArrowWriter(
-            path=path, features=datasets.Features({name: datasets.Value("string") for name in names})
-        )
+        writer = _string_writer(path, self.columns)
         try:
-            with pa.memory_map(source) as stream:
-                for batch in pa.ipc.open_stream(stream):
-                    table = pa.Table.from_batches([batch])
-                    writer.write_table(pa.Table.from_arrays(self._settled(table, json_columns), names=names))
+            self._write_settled(writer, source, json_columns)
             writer.finalize()
         finally:
             writer.close()
 
-    def _settled(self, table: pa.Table, json_columns: frozenset[str]) -> list[pa.Array]:
+    def _write_settled(self, writer: ArrowWriter, source: str, json_columns: frozenset[str]) -> None:
+        """Append an Arrow stream file's batches, settled, to ``writer``."""
+        with pa.memory_map(source) as stream:
+            for batch in pa.ipc.open_stream(stream):
+                writer.write_table(self._settled(pa.Table.from_batches([batch]), json_columns))
+
+    def _settled(self, table: pa.Table, json_columns: frozenset[str]) -> pa.Table:
+        """A batch with every column of the file: nulls where it has none, and its strings as JSON text
+        where the column holds other values elsewhere."""
         arrays = []
         for name in self.columns:
             if name not in table.column_names:
@@ -237,24 +227,20 @@ class _Batches:
                 )
             else:
                 arrays.append(table.column(name))
-        return arrays
+        return pa.Table.from_arrays(arrays, names=list(self.columns))
 
 
-def _dumps_bytes(value: Any) -> bytes | str:
-    try:
-        return orjson.dumps(value)
-    except (TypeError, orjson.JSONEncodeError):  # an integer orjson cannot write (beyond 64 bits)
-        return json.dumps(value, ensure_ascii=False)
+def _string_writer(path: str, names: Iterable[str]) -> ArrowWriter:
+    """A ``datasets`` Arrow writer of string columns (every column this reader stores is one)."""
+    return ArrowWriter(
+        path=path, features=datasets.Features({name: datasets.Value("string") for name in names})
+    )
 
 
-def _dumps(value: Any, exact: bool = False) -> str:
-    """JSON text of a parsed value; ``json`` for what orjson cannot write as read (``Infinity``, big ints)."""
-    if not exact:
-        try:
-            return orjson.dumps(value).decode("utf-8")
-        except (TypeError, orjson.JSONEncodeError):
-            pass
-    return json.dumps(value, ensure_ascii=False)
+def _dumps(value: Any, exact: bool = False) -> bytes | str:
+    """JSON text of a value: orjson's bytes (Arrow takes them as they are), or ``json``'s for a row ``json``
+    parsed (``exact``: an integer beyond 64 bits, or 1e400 read as inf, which orjson would write as null)."""
+    return json.dumps(value, ensure_ascii=False) if exact else orjson.dumps(value)
 
 
 def _kind(value: Any) -> str:

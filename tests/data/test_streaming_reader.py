@@ -115,7 +115,7 @@ def peak_python_memory(path: str, cache: str) -> int:
 
 def test_reading_holds_a_batch_not_the_file(tmp_path, monkeypatch) -> None:
     """Peak Python memory while reading 4x the rows stays that of one batch (it was the whole file's rows)."""
-    monkeypatch.setattr(readers, "BATCH_ROWS", 200, raising=False)
+    monkeypatch.setattr(readers, "BATCH_ROWS", 200)
     row = {
         "messages": [{"role": "user", "content": "hi " * 30}, {"role": "assistant", "content": "ho " * 60}]
     }
