@@ -31,16 +31,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-WORDS = " ".join(
-    [
-        "the of and to in is that for it as with was on be by at this are from or an which have not one had all "
-        "were when we there can more if out so what up its about into than them only other new some could time "
-        "these two may then do first any my now such like our over man me even most made after also did many "
-        "before must through back years where much your way well down should because each just those people "
-        "how too little state good very make world still own see men work long get here between both life being "
-        "under never day same another know while last might us great old year off come since against go came "
-        "right used take three solve answer number total compute step result equation apples minutes dollars"
-    ]
+WORDS = (  # noqa: SIM905 (a paragraph of words reads better than a list of 140 strings)
+    "the of and to in is that for it as with was on be by at this are from or an which have not one had all "
+    "were when we there can more if out so what up its about into than them only other new some could time "
+    "these two may then do first any my now such like our over man me even most made after also did many "
+    "before must through back years where much your way well down should because each just those people "
+    "how too little state good very make world still own see men work long get here between both life being "
+    "under never day same another know while last might us great old year off come since against go came "
+    "right used take three solve answer number total compute step result equation apples minutes dollars"
 ).split()
 
 

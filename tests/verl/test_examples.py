@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +53,7 @@ import pytest
 from lit_sft.commands.verl import build
 from lit_sft.errors import ConfigError
 from lit_sft.verl.translate import Launch
-from tests.verl.test_verl_command import ROOT, assert_loadable_hf_model, verl_gsm8k  # noqa: F401
+from tests.verl.test_verl_command import assert_loadable_hf_model, lit_sft, verl_gsm8k  # noqa: F401
 
 EXAMPLES = Path(__file__).parent / "examples"
 #: Appended to every command line: 8 rows per step (16 training rows), one step.
@@ -159,29 +157,14 @@ def test_each_script_translates_or_is_refused_with_its_reason(example: Example, 
         assert data["max_tokens_per_batch"] == int(given.get("data.max_token_len_per_gpu", 8192)) * sequence
 
 
-def run(words: list[str], cwd: Path, processes: int) -> subprocess.CompletedProcess:
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(processes),
-    ]
-    command = (launcher if processes > 1 else [sys.executable]) + ["-m", "lit_sft", "verl", *words]
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=cwd)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "example", [e for e in ALL if e.verdict != "refused"], ids=lambda example: example.name
 )
 def test_each_script_runs_and_exports(example: Example, tmp_path, verl_gsm8k, tiny_model_dir) -> None:  # noqa: F811
     save_path = tmp_path / "out"
-    result = run(
-        command_line(example, verl_gsm8k, tiny_model_dir, str(save_path)), tmp_path, example.processes
-    )
+    words = command_line(example, verl_gsm8k, tiny_model_dir, str(save_path))
+    result = lit_sft(["verl", *words], tmp_path, example.processes, check=False, timeout=900)
     output = result.stdout[-3000:] + result.stderr[-5000:]
     if example.verdict == "refused at run":
         assert result.returncode != 0 and example.reason in result.stderr, output
