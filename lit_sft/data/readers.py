@@ -5,7 +5,7 @@ falls back to pandas, which decodes strings that look like JSON (``"42"`` become
 a row within a block, not within the file. Here every line is parsed with ``json`` (an error names its
 line and the row it would have been), and every top-level column is stored as written: a column whose
 values are all strings (or null) as an Arrow string column, any other column as the JSON text of each
-value, decoded back on reading by `JsonColumns`. No value is unified with another row's: no struct field
+value, decoded back on reading by `JsonColumns` (see `lit_sft.data.row_store`). No value is unified with another row's: no struct field
 added as null, no int made a float, no string made a number.
 
 The rows are written once to an Arrow file in the ``datasets`` cache, keyed by the file's path, size and
@@ -25,17 +25,16 @@ import re
 import sys
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
 import orjson
-import pyarrow as pa
-from datasets.arrow_writer import ArrowWriter
 
 from lit_sft.data.processes import usable_cores
+from lit_sft.data.row_store import JsonColumns, RowBatches, beyond_64_bits
 from lit_sft.errors import DataFileError
 
 #: Bump when the stored rows change for the same file, so that old caches are not reused.
@@ -47,47 +46,12 @@ BOM = b"\xef\xbb\xbf"
 #: A JSON string (skipped whole, so brackets inside strings do not count) or a bracket.
 _TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 _SURROGATE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
-#: Every digit as "0": a run of 19 of them is a number orjson would read as a float (it holds integers of at
-#: most 64 bits). ``translate`` and ``in`` find it ten times faster than a regular expression.
-_DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
-_LONG_DIGITS = b"0" * 19
-#: A batch goes to disk at this many rows or bytes of JSON, whichever comes first: the reader's memory.
-BATCH_ROWS = 8192
-BATCH_BYTES = 16 * 2**20
 #: Bytes a parsing worker reads at a time (it holds about three times this while splitting it into lines).
 PIECE_BYTES = 4 * 2**20
 #: Lines parsed together (see `_block`).
 BLOCK_LINES = 256
 #: A jsonl file is parsed by one worker process per this many bytes (up to the usable cores).
 PARALLEL_BYTES = 32 * 2**20
-
-
-class JsonColumns:
-    """The ``datasets`` transform that decodes the columns stored as JSON text back to what was written.
-
-    Args:
-        columns: The names of those columns.
-    """
-
-    def __init__(self, columns: Sequence[str]) -> None:
-        self.columns = tuple(sorted(columns))  # sorted: the transform is hashed into the fingerprint
-
-    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        for name in self.columns:
-            if name in batch:
-                batch[name] = [None if text is None else loads_text(text) for text in batch[name]]
-        return batch
-
-
-def loads_text(text: str) -> Any:
-    """Decode JSON text this reader wrote: orjson, or ``json`` where orjson would not read it back exactly."""
-    encoded = text.encode("utf-8")
-    if _LONG_DIGITS not in encoded.translate(_DIGITS_AS_ZERO):
-        try:
-            return orjson.loads(encoded)
-        except orjson.JSONDecodeError:  # Infinity (from 1e400, which json reads as inf)
-            pass
-    return json.loads(text)
 
 
 class _Unreadable(Exception):
@@ -99,148 +63,6 @@ class _Unreadable(Exception):
 
     def message(self) -> str:
         return f"{self.where} {self.reason}" + ("" if self.row is None else f"; row {self.row}")
-
-
-class _Batches:
-    """Rows written to disk in bounded batches as they are read, so memory does not grow with the file.
-
-    Which columns hold anything but strings is known only once every row has been read, so each batch is
-    stored with its own choice (a column of strings as strings, any other as JSON text), and `write_to`
-    settles the schema at the end: the union of the columns in first-seen order, nulls where a batch lacks
-    a column, and a batch's strings turned to JSON text where the column turned out to hold other values in
-    another batch. The batches laid out as the first one (in most files, all of them) go straight to
-    ``direct`` (writing is a third of the reader's time: once is enough); the others to temporary files.
-    """
-
-    def __init__(self, directory: str, direct: str | None = None) -> None:
-        self.directory = directory
-        self.direct = direct
-        self._layout: tuple[tuple[str, ...], frozenset[str]] | None = None  # the first batch's
-        self._writer: ArrowWriter | None = None
-        self._direct_batches = False  # whether some batches went to `direct`
-        self.columns: dict[str, None] = {}  # every column, in first-seen order
-        self.not_strings: set[str] = set()
-        self.count = 0
-        self.files: list[tuple[str, frozenset[str]]] = []  # a batch's file and its JSON-text columns
-        self._rows: list[dict[str, Any]] = []
-        self._exact: list[int] = []  # rows `json` parsed (big integers, 1e400): `json` writes them back
-        self._bytes = 0
-
-    def add(self, row: dict[str, Any], size: int = 0, exact: bool = False) -> None:
-        if exact:
-            self._exact.append(len(self._rows))
-        self._rows.append(row)
-        self.count += 1
-        self._bytes += size
-        if len(self._rows) >= BATCH_ROWS or self._bytes >= BATCH_BYTES:
-            self.flush()
-
-    def extend(self, rows: list[dict[str, Any]], size: int) -> None:
-        """Add rows parsed by orjson (none exact), ``size`` bytes of JSON in all."""
-        self._rows.extend(rows)
-        self.count += len(rows)
-        self._bytes += size
-        if len(self._rows) >= BATCH_ROWS or self._bytes >= BATCH_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        rows, exact = self._rows, set(self._exact)
-        if not rows:
-            return
-        self._rows, self._exact, self._bytes = [], [], 0
-        names = dict.fromkeys(key for row in rows for key in row)
-        arrays, json_columns = [], set()
-        for name in names:
-            self.columns.setdefault(name, None)
-            values = [row.get(name) for row in rows]
-            if any(value is not None and not isinstance(value, str) for value in values):
-                json_columns.add(name)
-                values = [
-                    None if value is None else _dumps(value, exact=index in exact)
-                    for index, value in enumerate(values)
-                ]
-            arrays.append(pa.array(values, type=pa.string()))
-        self.not_strings |= json_columns
-        table = pa.Table.from_arrays(arrays, names=list(names))
-        layout = (tuple(names), frozenset(json_columns))
-        if self._layout is None and self.direct is not None:
-            self._layout = layout
-            self._writer = _string_writer(self.direct, names)
-        if self._writer is not None and not self.files and layout == self._layout:
-            self._writer.write_table(table)
-            self._direct_batches = True
-            return
-        path = os.path.join(self.directory, f"batch-{len(self.files):06d}.arrow")
-        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        self.files.append((path, frozenset(json_columns)))
-
-    def write_to(self, path: str) -> None:
-        """Write every batch, in order, to one Arrow file of string columns that ``datasets`` can map."""
-        self.flush()
-        if self._writer is not None:
-            self._writer.finalize()
-            self._writer.close()
-        if self._direct_batches and not self.files and self.direct is not None:
-            os.replace(self.direct, path)  # every batch was laid out as the first: written once
-            return
-        writer = _string_writer(path, self.columns)
-        try:
-            if self._direct_batches and self.direct is not None and self._layout is not None:
-                self._write_settled(writer, self.direct, self._layout[1])
-                os.remove(self.direct)
-            for file, json_columns in self.files:
-                with pa.memory_map(file) as source:
-                    table = pa.ipc.open_file(source).read_all()
-                writer.write_table(self._settled(table, json_columns))
-                os.remove(file)
-            writer.finalize()
-        finally:
-            writer.close()
-
-    def rewrite(self, source: str, json_columns: frozenset[str], path: str) -> None:
-        """Rewrite an Arrow stream file written with ``json_columns`` to this reader's settled columns."""
-        writer = _string_writer(path, self.columns)
-        try:
-            self._write_settled(writer, source, json_columns)
-            writer.finalize()
-        finally:
-            writer.close()
-
-    def _write_settled(self, writer: ArrowWriter, source: str, json_columns: frozenset[str]) -> None:
-        """Append an Arrow stream file's batches, settled, to ``writer``."""
-        with pa.memory_map(source) as stream:
-            for batch in pa.ipc.open_stream(stream):
-                writer.write_table(self._settled(pa.Table.from_batches([batch]), json_columns))
-
-    def _settled(self, table: pa.Table, json_columns: frozenset[str]) -> pa.Table:
-        """A batch with every column of the file: nulls where it has none, and its strings as JSON text
-        where the column holds other values elsewhere."""
-        arrays = []
-        for name in self.columns:
-            if name not in table.column_names:
-                arrays.append(pa.nulls(table.num_rows, pa.string()))
-            elif name in self.not_strings and name not in json_columns:  # strings beside other values
-                texts = table.column(name).to_pylist()
-                arrays.append(
-                    pa.array([None if text is None else _dumps(text) for text in texts], pa.string())
-                )
-            else:
-                arrays.append(table.column(name))
-        return pa.Table.from_arrays(arrays, names=list(self.columns))
-
-
-def _string_writer(path: str, names: Iterable[str]) -> ArrowWriter:
-    """A ``datasets`` Arrow writer of string columns (every column this reader stores is one)."""
-    return ArrowWriter(
-        path=path, features=datasets.Features({name: datasets.Value("string") for name in names})
-    )
-
-
-def _dumps(value: Any, exact: bool = False) -> bytes | str:
-    """JSON text of a value: orjson's bytes (Arrow takes them as they are), or ``json``'s for a row ``json``
-    parsed (``exact``: an integer beyond 64 bits, or 1e400 read as inf, which orjson would write as null)."""
-    return json.dumps(value, ensure_ascii=False) if exact else orjson.dumps(value)
 
 
 def _kind(value: Any) -> str:
@@ -306,7 +128,7 @@ def _parse(raw: bytes, first_line: int = 1, allowed: int = MAX_DEPTH) -> tuple[A
     refuses, goes to ``json``, which keeps big integers and names the exact error.
     """
     _check_depth(raw, first_line, allowed)
-    if _LONG_DIGITS not in raw.translate(_DIGITS_AS_ZERO):
+    if not beyond_64_bits(raw):
         try:
             return orjson.loads(raw), False
         except orjson.JSONDecodeError:
@@ -321,7 +143,7 @@ def _parse_row(raw: bytes, line: int) -> tuple[dict[str, Any], bool]:
     return value, exact
 
 
-def _json_lines(lines: Iterable[bytes], rows: _Batches, file_start: bool = True) -> int:
+def _json_lines(lines: Iterable[bytes], rows: RowBatches, file_start: bool = True) -> int:
     """Add the rows of JSON lines; returns the number of lines (blank ones included)."""
     block: list[bytes] = []
     line = 0
@@ -337,13 +159,13 @@ def _json_lines(lines: Iterable[bytes], rows: _Batches, file_start: bool = True)
     return line
 
 
-def _block(block: list[bytes], first_line: int, rows: _Batches) -> None:
+def _block(block: list[bytes], first_line: int, rows: RowBatches) -> None:
     """Parse consecutive lines: all at once when each is a plain row (the common case: a few microseconds a
     line, no Python statement per line), else line by line, which names the first bad line exactly."""
     text = [raw for raw in block if raw[:1] == b"{" or raw.strip()]  # blank lines are not rows
     if all(raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH for raw in text):
         joined = b"".join(text)
-        if _LONG_DIGITS not in joined.translate(_DIGITS_AS_ZERO):
+        if not beyond_64_bits(joined):
             try:
                 values = list(map(orjson.loads, text))
             except orjson.JSONDecodeError:
@@ -393,7 +215,7 @@ class _Chunk:
 
 def _read_chunk(path: str, start: int, end: int, directory: str) -> _Chunk:
     """Read one byte range into one Arrow file of its own (``directory``/rows.arrow), written once."""
-    rows, chunk = _Batches(directory, direct=os.path.join(directory, "direct.arrow")), _Chunk()
+    rows, chunk = RowBatches(directory, direct=os.path.join(directory, "direct.arrow")), _Chunk()
     with open(path, "rb") as handle:
         try:
             chunk.lines = _json_lines(_lines_between(handle, start, end), rows, file_start=start == 0)
@@ -423,7 +245,7 @@ def _chunk_starts(path: str, chunks: int) -> list[int]:
     return starts
 
 
-def _parallel_json_lines(path: str, rows: _Batches, processes: int) -> list[str]:
+def _parallel_json_lines(path: str, rows: RowBatches, processes: int) -> list[str]:
     """Parse a plain jsonl file in ``processes`` forked workers, one byte range each (the parsing is
     CPU-bound Python, so threads would not help); returns one Arrow file per range, in file order, each
     written once (a range whose columns differ from the whole file's is rewritten to match). Line and row
@@ -464,7 +286,7 @@ def _reader_processes(path: str) -> int:
     return max(1, min(8, usable_cores(), os.path.getsize(path) // PARALLEL_BYTES))
 
 
-def _json_document(handle: io.BufferedIOBase, rows: _Batches) -> None:
+def _json_document(handle: io.BufferedIOBase, rows: RowBatches) -> None:
     """A ``.json`` file: a list of row objects (parsed whole: a JSON list has no record boundary to stream
     by), or JSON lines (streamed)."""
     if _first_byte(handle) != b"[":
@@ -497,7 +319,7 @@ def _first_byte(handle: io.BufferedIOBase) -> bytes:
     return chunk.lstrip()[:1]
 
 
-def _csv(lines: Iterable[bytes], rows: _Batches) -> None:
+def _csv(lines: Iterable[bytes], rows: RowBatches) -> None:
     """A csv file with a header line; every value stays the string it is (no type inference)."""
     reader = csv.reader(_decoded_lines(lines, rows))
     try:
@@ -521,7 +343,7 @@ def _csv(lines: Iterable[bytes], rows: _Batches) -> None:
         raise _Unreadable(reader.line_num, f"is not valid csv ({error})", row=rows.count) from None
 
 
-def _decoded_lines(lines: Iterable[bytes], rows: _Batches) -> Iterator[str]:
+def _decoded_lines(lines: Iterable[bytes], rows: RowBatches) -> Iterator[str]:
     """Lines decoded one at a time (a UTF-8 character never spans a newline), so an error names its line
     and the row it would be."""
     for number, raw in enumerate(lines, start=1):
@@ -534,7 +356,7 @@ def _decoded_lines(lines: Iterable[bytes], rows: _Batches) -> Iterator[str]:
             raise
 
 
-def _read(path: str, kind: str, rows: _Batches) -> list[str]:
+def _read(path: str, kind: str, rows: RowBatches) -> list[str]:
     """Read the file's rows; returns the Arrow files that hold them, in order."""
     if kind == "jsonl" and (processes := _reader_processes(path)) > 1:
         return _parallel_json_lines(path, rows, processes)
@@ -577,7 +399,7 @@ def read_rows(path: str, kind: str, name: str, cache_dir: str | None = None) -> 
     if not os.path.isfile(manifest):
         os.makedirs(directory, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=directory, prefix=".tmp-batches-") as batches:
-            rows = _Batches(batches, direct=os.path.join(batches, "direct.arrow"))
+            rows = RowBatches(batches, direct=os.path.join(batches, "direct.arrow"))
             try:
                 files = _read(path, kind, rows)
             except _Unreadable as error:

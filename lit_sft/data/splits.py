@@ -263,7 +263,7 @@ def tokenize_sources(
             desc=f"Tokenizing {source.name}",
         ).with_format(
             None
-        )  # the source's JSON-column transform (see readers.JsonColumns) is not the output's
+        )  # the source's JSON-column transform (see row_store.JsonColumns) is not the output's
         results.append(TokenizedSource(source, rows, tokenized, row_tokenizer.extra_columns))
     return results
 

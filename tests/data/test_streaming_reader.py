@@ -14,14 +14,14 @@ import tracemalloc
 
 import pytest
 
-from lit_sft.data import readers
+from lit_sft.data import readers, row_store
 from lit_sft.data.readers import read_rows
 from lit_sft.errors import DataFileError
 
 
 @pytest.fixture
 def tiny_batches(monkeypatch) -> None:
-    monkeypatch.setattr(readers, "BATCH_ROWS", 2)
+    monkeypatch.setattr(row_store, "BATCH_ROWS", 2)
 
 
 def write_lines(path, lines: list[str]) -> str:
@@ -115,7 +115,7 @@ def peak_python_memory(path: str, cache: str) -> int:
 
 def test_reading_holds_a_batch_not_the_file(tmp_path, monkeypatch) -> None:
     """Peak Python memory while reading 4x the rows stays that of one batch (it was the whole file's rows)."""
-    monkeypatch.setattr(readers, "BATCH_ROWS", 200)
+    monkeypatch.setattr(row_store, "BATCH_ROWS", 200)
     row = {
         "messages": [{"role": "user", "content": "hi " * 30}, {"role": "assistant", "content": "ho " * 60}]
     }
@@ -131,7 +131,7 @@ def parallel(monkeypatch) -> None:
     """Two worker processes for any jsonl file, each range crossing several batches."""
     monkeypatch.setattr(readers, "PARALLEL_BYTES", 1)
     monkeypatch.setattr(readers, "usable_cores", lambda: 2)
-    monkeypatch.setattr(readers, "BATCH_ROWS", 2)
+    monkeypatch.setattr(row_store, "BATCH_ROWS", 2)
 
 
 def test_two_processes_read_the_rows_one_reads(tmp_path, parallel) -> None:
