@@ -36,6 +36,7 @@ import orjson
 from lit_sft.data.processes import usable_cores
 from lit_sft.data.row_store import JsonColumns, RowBatches, beyond_64_bits
 from lit_sft.errors import DataFileError
+from lit_sft.io import atomic_write
 
 #: Bump when the stored rows change for the same file, so that old caches are not reused.
 READER_VERSION = "3"
@@ -415,30 +416,13 @@ def read_rows(path: str, kind: str, name: str, cache_dir: str | None = None) -> 
                 # Every rank reading the same file writes the same bytes: replacing one is harmless.
                 os.replace(file, os.path.join(directory, stored))
             content = json.dumps({"files": names, "json_columns": sorted(rows.not_strings)})
-            _write_atomically(manifest, lambda temporary: _write_text(temporary, content))
+            with atomic_write(manifest, encoding="utf-8") as handle:  # ranks reading at once never see half
+                handle.write(content)
     with open(manifest, encoding="utf-8") as handle:
         stored = json.load(handle)
     parts = [datasets.Dataset.from_file(os.path.join(directory, file)) for file in stored["files"]]
     dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     return dataset.with_transform(JsonColumns(stored["json_columns"])) if stored["json_columns"] else dataset
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-
-
-def _write_atomically(path: str, write: Any) -> None:
-    """Write through a temporary file beside ``path``: ranks reading the same file at once never see half of it."""
-    descriptor, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    os.close(descriptor)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # rows hold whole conversations; the default is 128 KiB
