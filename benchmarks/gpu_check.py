@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import importlib.util
 import inspect
 import json
 import os
@@ -68,12 +69,15 @@ class Step:
         budget: its time limit in seconds.
         command: the process it runs; it appends its results to the file named by ``$GPU_CHECK_RESULTS``.
         needs: a step that must have completed first (else this one is skipped, named).
+        requires: a module its process imports that may be absent (then it is skipped, named, not run into
+            an ImportError after its start-up).
     """
 
     name: str
     budget: float
     command: tuple[str, ...]
     needs: str | None = None
+    requires: str | None = None
 
 
 def append(path: str, record: dict[str, Any]) -> None:
@@ -162,16 +166,19 @@ def plan(smoke: bool, work: str, steps: int = 6, warmup: int = 2) -> list[Step]:
     this = (sys.executable, os.path.abspath(__file__))
     timing = ("--steps", str(steps), "--warmup", str(warmup), "--work", work)
 
-    def step(name: str, gpu: float, cpu: float, needs: str | None = None) -> Step:
+    def step(
+        name: str, gpu: float, cpu: float, needs: str | None = None, requires: str | None = None
+    ) -> Step:
         command = (*this, "--step", name, *(("--cpu-smoke",) if smoke else ()), *timing)
-        return Step(name, cpu if smoke else gpu, command, needs)
+        return Step(name, cpu if smoke else gpu, command, needs, requires)
 
     def throughput(preset: str, budgets: dict[str, tuple[float, float]]) -> list[Step]:
         prepare = f"prepare {preset}"
         steps = [step(prepare, *budgets["prepare"])]
         for config in (PACKED, TRL_PACKED, PADDED, TRL_PADDED, IDEAL):
             if config in budgets:
-                steps.append(step(f"throughput {preset}: {config}", *budgets[config], needs=prepare))
+                requires = "trl" if config in (TRL_PACKED, TRL_PADDED) else None
+                steps.append(step(f"throughput {preset}: {config}", *budgets[config], prepare, requires))
         return steps
 
     large = {"prepare": (35, 40), PACKED: (40, 50), TRL_PACKED: (40, 60), PADDED: (35, 50),
@@ -236,6 +243,9 @@ def run_or_skip(step: Step, results: str, log: str, deadline: Deadline, complete
     status: dict[str, Any] = {"kind": "step", "step": step.name, "budget": step.budget}
     if step.needs and step.needs not in completed:
         status.update(status="skipped", reason=f"needs '{step.needs}', which did not complete")
+    elif step.requires and importlib.util.find_spec(step.requires) is None:
+        status.update(status="skipped", reason=f"needs the package '{step.requires}', which is not installed "
+                                               "(benchmarks/gpu_prepare.sh carries it)")  # fmt: skip
     elif deadline.left() < step.budget:
         status.update(status="skipped", reason=f"would overrun the check: needs {step.budget:.0f} s, "
                                                f"{max(deadline.left(), 0):.0f} s left")  # fmt: skip

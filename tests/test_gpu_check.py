@@ -132,6 +132,21 @@ def test_a_step_that_would_overrun_the_whole_check_is_skipped_and_named(tmp_path
     )
 
 
+def test_a_step_whose_package_is_missing_is_skipped_and_named_not_run(tmp_path) -> None:
+    results = str(tmp_path / "gpu_results.jsonl")
+    ran = tmp_path / "ran"
+    steps = [
+        gpu_check.Step("trl", 5, (PYTHON, "-c", f"open({str(ran)!r}, 'w')"), requires="no_such_package_x")
+    ]
+    gpu_check.run_plan(steps, results, total_budget=20)
+    found = statuses(results)["trl"]
+    assert found["status"] == "skipped" and "'no_such_package_x', which is not installed" in found["reason"]
+    assert not ran.exists()
+    smoke = {s.name: s for s in gpu_check.plan(True, str(tmp_path))}
+    assert smoke[f"throughput smoke: {gpu_check.TRL_PACKED}"].requires == "trl"
+    assert smoke[f"throughput smoke: {gpu_check.PACKED}"].requires is None
+
+
 def test_the_steps_fit_one_device_command_most_valuable_first(tmp_path) -> None:
     for smoke in (False, True):
         steps = gpu_check.plan(smoke, str(tmp_path))
@@ -250,9 +265,15 @@ def test_the_cpu_smoke_run_goes_through_every_step(tmp_path) -> None:
          "--work", str(tmp_path / "work")],
         capture_output=True, text=True, env=env, timeout=900,
     )  # fmt: skip
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     records = gpu_check.read_results(str(tmp_path / "gpu_results.jsonl"))
     found = {r["step"]: r for r in records if r["kind"] == "step"}
+    # Without TRL (`pip install -e ".[test]"`; CI's ".[dev]" has it) its two steps are skipped and named.
+    missing = {
+        s.name for s in gpu_check.plan(True, "") if s.requires and not importlib.util.find_spec(s.requires)
+    }
+    assert done.returncode == (1 if missing else 0), (done.stdout + done.stderr)[-3000:]
+    assert {name for name, r in found.items() if r["status"] != "ok"} == missing
+    assert all("which is not installed" in found[name]["reason"] for name in missing)
     assert [s["name"] for s in records[0]["steps"]] == list(found)  # every planned step has a status
     for name in ("probe", "gsm8k", "prepare smoke", f"throughput smoke: {gpu_check.PACKED}", "longest"):
         assert found[name]["status"] == "ok", found[name]
