@@ -20,6 +20,7 @@ from typing import Any, Literal, cast
 
 from transformers import PreTrainedTokenizerBase
 
+from lit_sft.data.chat_template import DirectTemplate, TemplateMismatch
 from lit_sft.data.conversation import Conversation
 from lit_sft.data.template_fidelity import lost_content
 from lit_sft.errors import InvalidRow
@@ -84,21 +85,29 @@ class ConversationRenderer:
         self.end_of_turn = end_of_turn_pattern(tokenizer)
         self.rewritten_turns = rewritten_turns
         self.strict_template = strict_template
+        self.direct = DirectTemplate(tokenizer, self.template_kwargs)
 
-    def _render(self, conversation: Conversation, count: int, add_generation_prompt: bool) -> str:
+    def _render(
+        self, conversation: Conversation, count: int, add_generation_prompt: bool, direct: bool
+    ) -> str:
+        """The conversation's first ``count`` messages rendered; ``direct``: through `DirectTemplate`."""
+        messages, tools = conversation.messages[:count], conversation.tools
         try:
-            # tokenize=False renders one conversation to one string.
+            if direct:
+                return self.direct.render(messages, tools, add_generation_prompt)
             return cast(
                 str,
                 self.tokenizer.apply_chat_template(
-                    conversation.messages[:count],
+                    messages,
                     # transformers types the parameter as a list (invariant) of dicts or callables.
-                    tools=conversation.tools,  # type: ignore[arg-type]
-                    tokenize=False,
+                    tools=tools,  # type: ignore[arg-type]
+                    tokenize=False,  # one conversation to one string
                     add_generation_prompt=add_generation_prompt,
                     **self.template_kwargs,
                 ),
             )
+        except TemplateMismatch:
+            raise
         except Exception as error:  # jinja's TemplateError, or whatever a template trips on
             reason = f"the chat template rejected the conversation: {type(error).__name__}: {error}"
             raise InvalidRow(conversation.field, reason, kind="template_error") from None
@@ -144,10 +153,13 @@ class ConversationRenderer:
                 "the conversation starts with an assistant message; it needs a user (or system) message first",
                 kind="invalid_messages",
             )
-        full = self._render(conversation, len(messages), add_generation_prompt=False)
-        before = {index: self._render(conversation, index, add_generation_prompt=True) for index in turns}
+        direct = self.direct.accepts(messages, conversation.tools)  # once, not for each of the renders
+        full = self._render(conversation, len(messages), False, direct)
+        before = {index: self._render(conversation, index, True, direct) for index in turns}
         through = {
-            index: full if index + 1 == len(messages) else self._render(conversation, index + 1, False)
+            index: full
+            if index + 1 == len(messages)
+            else self._render(conversation, index + 1, False, direct)
             for index in turns
         }
         for index in turns:
