@@ -42,6 +42,14 @@ class MicroBatchDataset(Dataset):
         return batch
 
 
+def processed_in_epoch(trainer: Any | None) -> int:
+    """Micro-batches of the current epoch the training loop has processed (0 without a trainer): what a
+    `ResumableDataLoader` saves as ``consumed``."""
+    if trainer is None:
+        return 0
+    return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+
 class ResumableDataLoader(DataLoader):
     """A DataLoader over a `MicroBatchSampler` whose ``state_dict`` Lightning saves in checkpoints.
 

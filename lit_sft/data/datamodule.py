@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lit_sft.batch import TextBatch
 from lit_sft.data.collate import PackedCollator, PaddingCollator
 from lit_sft.data.conversation import AssistantTurns, FormatOptions, RowFormat
-from lit_sft.data.dataloader import MicroBatchDataset, ResumableDataLoader
+from lit_sft.data.dataloader import MicroBatchDataset, ResumableDataLoader, processed_in_epoch
 from lit_sft.data.mixture import (
     MixturePlan,
     SourceSpec,
@@ -35,7 +35,7 @@ from lit_sft.data.splits import (
     column,
     tokenize_split,
 )
-from lit_sft.data.steps import accumulation_for, token_step_accumulation
+from lit_sft.data.steps import accumulation_for, token_budget, token_step_accumulation
 from lit_sft.data.tokenize import TokenizeOptions, Truncation
 from lit_sft.errors import ConfigError
 from lit_sft.hub import TokenizerOwner
@@ -179,23 +179,9 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
             self.hparams["train_files"] = as_plain(self.data_sources)
         if not 0.0 <= val_ratio < 1.0:
             raise ConfigError(f"data.val_ratio must be in [0, 1), got {val_ratio}")
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
-        if global_batch_size is not None and global_batch_size < 1:
-            raise ConfigError(f"data.global_batch_size must be positive; got {global_batch_size}")
-        if drop_last and max_tokens_per_batch is not None and global_batch_size is None:
-            raise ConfigError(
-                "data.drop_last needs fixed-size micro-batches (data.batch_size) or data.global_batch_size, "
-                "not max_tokens_per_batch alone"
-            )
-        if packing and max_tokens_per_batch is None and global_batch_size is None:
-            if max_length is None:
-                raise ConfigError("data.packing needs data.max_tokens_per_batch (or data.max_length)")
-            max_tokens_per_batch = max_length
-        if max_tokens_per_batch is not None and max_length is not None and max_tokens_per_batch < max_length:
-            raise ConfigError(
-                f"data.max_tokens_per_batch ({max_tokens_per_batch}) must hold the longest row (max_length={max_length})"
-            )
+        max_tokens_per_batch = token_budget(
+            batch_size, global_batch_size, drop_last, max_tokens_per_batch, packing, max_length
+        )
         self.train_files = train_files
         self.val_files = val_files
         self.tokenizer_name_or_path = tokenizer_name_or_path
@@ -247,9 +233,6 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
             spec, config_name=self.dataset_config_name, cache_dir=self.cache_dir, default_split=default_split
         )
 
-    def _load(self, specs: str | Sequence[str] | None, default_split: str) -> list[Source]:
-        return [source for spec in expand_specs(specs) for source in self._load_one(spec, default_split)]
-
     def row_tokenizer(self, source: Source, tokenize_options: TokenizeOptions | None = None) -> RowTokenizer:
         """The ``datasets.map`` function for ``source`` (its format resolved and its columns checked)."""
         format_options = getattr(source, "format_options", None) or self.format_options  # a mixture's source
@@ -271,10 +254,14 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
             self.data_sources, self.format_options, lambda spec: self._load_one(spec, "train")
         )
         train_sources: list[Source] = list(labeled)  # the same LabeledSource objects, as plain sources
-        val_sources = self._load(self.val_files, "test") if self.val_files else None
-        train_positions, val_positions = choose_positions(
-            [len(source.dataset) for source in train_sources],
-            None if val_sources is None else [len(source.dataset) for source in val_sources],
+        val_sources = None
+        if self.val_files:
+            val_sources = [
+                source for spec in expand_specs(self.val_files) for source in self._load_one(spec, "test")
+            ]
+        return choose_positions(
+            train_sources,
+            val_sources,
             self.val_ratio,
             self.seed,
             ranges,
@@ -282,11 +269,6 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
             self.max_train_samples,
             self.max_val_samples,
         )
-        val_sources = train_sources if val_sources is None else val_sources
-        splits = {"train": (train_sources, train_positions)}
-        if len(val_positions):
-            splits["val"] = (val_sources, val_positions)
-        return splits
 
     def _build(self) -> None:
         options: dict[str, Any] = {"skip_invalid_rows": self.skip_invalid_rows, "num_proc": self.num_proc}
@@ -387,18 +369,11 @@ class SFTDataModule(TokenizerOwner, LightningDataModule):
             step_rows=step_rows,
         )
 
-    def _consumed(self) -> int:
-        """Micro-batches of the current epoch that the training loop has processed (0 without a trainer)."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return 0
-        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
-
     def _loader(self, dataset: datasets.Dataset, sampler: MicroBatchSampler) -> ResumableDataLoader:
         return ResumableDataLoader(
             MicroBatchDataset(dataset, self._collator()),
             sampler,
-            consumed=self._consumed,
+            consumed=lambda: processed_in_epoch(getattr(self, "trainer", None)),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

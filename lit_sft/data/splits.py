@@ -127,23 +127,26 @@ def split_positions(sizes: Sequence[int], val_ratio: float, seed: int) -> tuple[
 
 
 def choose_positions(
-    train_sizes: Sequence[int],
-    val_sizes: Sequence[int] | None,
+    train_sources: list[Source],
+    val_sources: list[Source] | None,
     val_ratio: float,
     seed: int,
     ranges: Any,
     caps: Sequence[int | None],
     max_train_samples: int | None,
     max_val_samples: int | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The training and validation row positions (over each split's concatenated sources).
+) -> dict[str, tuple[list[Source], np.ndarray]]:
+    """Each split's sources and row positions (over its concatenated sources): ``{split: (sources,
+    positions)}``, ``val`` only when it has rows.
 
-    Without validation files (``val_sizes`` None), `split_positions` holds out ``val_ratio`` of the
-    training rows; then each source's cap (`cap_positions` over its ``ranges``) and each split's
-    ``max_*_samples`` keep the first rows.
+    Without validation sources, `split_positions` holds out ``val_ratio`` of the training rows (which are
+    then the validation sources too); then each source's cap (`cap_positions` over its ``ranges``) and each
+    split's ``max_*_samples`` keep the first rows.
     """
-    if val_sizes is not None:
-        train_positions, val_positions = np.arange(sum(train_sizes)), np.arange(sum(val_sizes))
+    train_sizes = [len(source.dataset) for source in train_sources]
+    if val_sources is not None:
+        train_positions = np.arange(sum(train_sizes))
+        val_positions = np.arange(sum(len(source.dataset) for source in val_sources))
     else:
         train_positions, val_positions = split_positions(train_sizes, val_ratio, seed)
     if any(cap is not None for cap in caps):
@@ -152,7 +155,10 @@ def choose_positions(
         train_positions = train_positions[:max_train_samples]
     if max_val_samples is not None:
         val_positions = val_positions[:max_val_samples]
-    return train_positions, val_positions
+    splits = {"train": (train_sources, train_positions)}
+    if len(val_positions):
+        splits["val"] = (train_sources if val_sources is None else val_sources, val_positions)
+    return splits
 
 
 def _select_rows(dataset: datasets.Dataset, rows: np.ndarray) -> datasets.Dataset:

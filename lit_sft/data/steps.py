@@ -1,4 +1,5 @@
-"""Optimizer steps from the data: micro-batches per step for a global batch of rows, or of tokens."""
+"""Optimizer steps from the data: the batch options checked, micro-batches per step for a global batch of
+rows, or of tokens."""
 
 from __future__ import annotations
 
@@ -6,6 +7,38 @@ from typing import Any
 
 from lit_sft.data.sampler import MicroBatchSampler, micro_batches_per_step
 from lit_sft.errors import ConfigError
+
+
+def token_budget(
+    batch_size: int,
+    global_batch_size: int | None,
+    drop_last: bool,
+    max_tokens_per_batch: int | None,
+    packing: bool,
+    max_length: int | None,
+) -> int | None:
+    """The token budget of a micro-batch (None: a row count), the data module's batch options checked.
+
+    Packing without a budget or a global batch packs up to ``max_length`` tokens; see `SFTDataModule`.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
+    if global_batch_size is not None and global_batch_size < 1:
+        raise ConfigError(f"data.global_batch_size must be positive; got {global_batch_size}")
+    if drop_last and max_tokens_per_batch is not None and global_batch_size is None:
+        raise ConfigError(
+            "data.drop_last needs fixed-size micro-batches (data.batch_size) or data.global_batch_size, "
+            "not max_tokens_per_batch alone"
+        )
+    if packing and max_tokens_per_batch is None and global_batch_size is None:
+        if max_length is None:
+            raise ConfigError("data.packing needs data.max_tokens_per_batch (or data.max_length)")
+        max_tokens_per_batch = max_length
+    if max_tokens_per_batch is not None and max_length is not None and max_tokens_per_batch < max_length:
+        raise ConfigError(
+            f"data.max_tokens_per_batch ({max_tokens_per_batch}) must hold the longest row (max_length={max_length})"
+        )
+    return max_tokens_per_batch
 
 
 def accumulation_for(
