@@ -69,6 +69,34 @@ def test_an_unused_column_nested_90_deep_is_read_and_deeper_than_the_bound_is_na
         read_rows(deeper, "jsonl", "deeper.jsonl", str(tmp_path / "cache"))
 
 
+def test_rows_with_more_brackets_than_the_depth_bound_are_parsed_together_and_the_bound_is_exact(
+    tmp_path, monkeypatch
+) -> None:
+    from lit_sft.data import readers
+
+    schema = {
+        "type": "function",
+        "function": {"name": "f", "parameters": {"properties": {"x": {"enum": [1]}}}},
+    }
+    rows = [{"tools": [schema] * 60, "n": i} for i in range(3)]  # 360 brackets a row, 6 levels deep
+    rows.append({"at_the_bound": json.loads("[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1))})
+    path = write_jsonl(str(tmp_path / "tools.jsonl"), rows)
+
+    def line_by_line(*args, **kwargs):
+        raise AssertionError("a row of many brackets but few levels was parsed line by line")
+
+    monkeypatch.setattr(readers, "_parse", line_by_line)  # the slow path, which scans each line's text
+    dataset = read_rows(path, "jsonl", "tools.jsonl", str(tmp_path / "cache"))
+    assert [row["tools"] for row in dataset][:3] == [row["tools"] for row in rows[:3]]
+    assert dataset[3]["at_the_bound"] == rows[3]["at_the_bound"]
+    monkeypatch.undo()
+    over = str(tmp_path / "over.jsonl")
+    with open(over, "w") as handle:  # one level more, among rows of many brackets
+        handle.write(json.dumps(rows[0]) + "\n" + '{"a": ' + "[" * MAX_DEPTH + "]" * MAX_DEPTH + "}\n")
+    with pytest.raises(DataFileError, match=f"line 2 is nested more than {MAX_DEPTH} levels deep; row 1"):
+        read_rows(over, "jsonl", "over.jsonl", str(tmp_path / "cache"))
+
+
 def test_a_dataset_directory_names_each_file_and_its_own_row(tmp_path) -> None:
     os.makedirs(tmp_path / "data")
     good = [{"question": "q", "answer": "a"}] * 3
