@@ -332,7 +332,7 @@ def _check_values(config: VerlConfig) -> None:
             if kind == "ignored":
                 config.warnings.append(f"verl key {key}={value!r} has no effect here: {why}")
             continue
-        refused = schema.UNSUPPORTED.get(key)
+        refused = schema.reason(schema.UNSUPPORTED, key)  # optim.override_optimizer_config.<any key> too
         if refused is not None:
             raise ConfigError(f"verl key {key}={value!r} is not supported by lit-sft verl: {refused}")
         ignored = schema.reason(schema.IGNORED, key)

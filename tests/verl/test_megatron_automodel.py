@@ -195,6 +195,11 @@ def test_automodel_refusals_name_the_reason() -> None:
         build([*AUTOMODEL, "optim.lr_scheduler_type=inverse-square-root"], Launch())
 
 
+def test_optim_fsdps_extra_optimizer_arguments_are_refused_not_dropped() -> None:
+    with pytest.raises(ConfigError, match="extra optimizer arguments need a native config"):
+        build([*BASE, "+optim.override_optimizer_config.foo=1"], Launch())
+
+
 def test_mtp_kept_untrained_is_a_warning() -> None:
     warnings = build([*MEGATRON, "model.mtp.enable=True"], Launch()).warnings
     assert sum("model.mtp.enable=True" in w and "no MTP layers" in w for w in warnings) == 1
