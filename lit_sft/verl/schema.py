@@ -6,7 +6,11 @@ Two trainers, two key sets (read from verl-project/verl, not guessed):
   comes from the yaml itself; older verl releases spelled ``optim.lr_warmup_steps_ratio`` as
   ``optim.warmup_steps_ratio`` and ``trainer.resume_from_path`` as ``trainer.resume_path``);
 * the engine-based ``verl.trainer.sft_trainer``: ``verl/trainer/config/sft_trainer_engine.yaml`` with the
-  groups ``model/hf_model.yaml``, ``engine/fsdp.yaml``, ``optim/fsdp.yaml`` and ``profiler/profiler.yaml``.
+  groups ``model/hf_model.yaml``, ``engine/fsdp.yaml``, ``optim/fsdp.yaml`` and ``profiler/profiler.yaml``;
+  the choices ``engine=megatron``/``optim=megatron`` and ``engine=automodel``/``optim=automodel`` replace the
+  engine and optim sections with `MEGATRON_ENGINE_DEFAULTS`, `MEGATRON_OPTIM_DEFAULTS`,
+  `AUTOMODEL_ENGINE_DEFAULTS` and `AUTOMODEL_OPTIM_DEFAULTS` (read at `ENGINE_COMMIT`), whose keys
+  `FOREIGN_TRANSLATED`, `FOREIGN_LAYOUT`, `FOREIGN_IGNORED` and `FOREIGN_UNSUPPORTED` sort.
 
 Where each table was read: `LEGACY_DEFAULTS` at `LEGACY_COMMIT` (verl's main branch has since deleted the
 legacy trainer); `ENGINE_DEFAULTS` at `ENGINE_COMMIT`, the newest verl-project/verl snapshot read. Every key of
