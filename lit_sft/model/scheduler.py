@@ -17,14 +17,23 @@ Schedule = Literal["cosine", "linear", "constant"]
 
 
 def warmup_decay_factor(
-    step: int, *, schedule: Schedule, warmup_steps: int, total_steps: int, min_lr_ratio: float
+    step: int,
+    *,
+    schedule: Schedule,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr_ratio: float,
+    warmup_start_ratio: float | None = None,
 ) -> float:
     """The learning-rate multiplier at ``step`` (0-based optimizer steps).
 
     Warmup rises linearly from ``1 / (warmup_steps + 1)`` so that the first step already learns, reaching
-    1 at ``warmup_steps``; the decay then goes from 1 to ``min_lr_ratio`` at ``total_steps``.
+    1 at ``warmup_steps``; with ``warmup_start_ratio`` it rises from that ratio at step 0 instead (Megatron's
+    ``init_lr``). The decay then goes from 1 to ``min_lr_ratio`` at ``total_steps``.
     """
     if step < warmup_steps:
+        if warmup_start_ratio is not None:
+            return warmup_start_ratio + (1.0 - warmup_start_ratio) * step / warmup_steps
         return (step + 1) / (warmup_steps + 1)
     if schedule == "constant":
         return 1.0
@@ -46,6 +55,8 @@ class WarmupDecayLR(LambdaLR):
             (a ``constant`` schedule built by hand) only ``warmup_steps`` applies.
         min_lr_ratio: The decay ends at this fraction of the peak learning rate.
         total_steps: Total optimizer steps; `SFTModule` fills it from the Trainer.
+        warmup_start_ratio: Where warmup starts, as a fraction of the peak (step 0's multiplier), rising
+            linearly to 1 at ``warmup_steps``; None: from ``1 / (warmup_steps + 1)``.
     """
 
     def __init__(
@@ -56,11 +67,14 @@ class WarmupDecayLR(LambdaLR):
         warmup_ratio: float = 0.05,
         min_lr_ratio: float = 0.0,
         total_steps: int | None = None,
+        warmup_start_ratio: float | None = None,
     ) -> None:
         if schedule not in ("cosine", "linear", "constant"):
             raise ConfigError(f"lr schedule must be cosine, linear or constant, got {schedule!r}")
         if not 0.0 <= warmup_ratio < 1.0 or not 0.0 <= min_lr_ratio <= 1.0:
             raise ConfigError("warmup_ratio must be in [0, 1) and min_lr_ratio in [0, 1]")
+        if warmup_start_ratio is not None and not 0.0 <= warmup_start_ratio <= 1.0:
+            raise ConfigError(f"warmup_start_ratio must be in [0, 1], got {warmup_start_ratio}")
         if total_steps is None and schedule != "constant":
             raise ConfigError(
                 f"the {schedule} schedule needs total_steps (set trainer.max_steps or max_epochs)"
@@ -73,6 +87,7 @@ class WarmupDecayLR(LambdaLR):
             "warmup_steps": self.warmup_steps,
             "total_steps": total,
             "min_lr_ratio": min_lr_ratio,
+            "warmup_start_ratio": warmup_start_ratio,
         }
         super().__init__(optimizer, lambda step: warmup_decay_factor(step, **factor))
 

@@ -10,15 +10,16 @@ from lit_sft.callbacks.global_step import checkpoint_in, find_latest
 from lit_sft.errors import ConfigError
 from lit_sft.verl.overrides import VerlConfig
 
-_LOGGERS = ("console", "wandb", "tensorboard")
+_LOGGERS = ("console", "wandb", "tensorboard", "file")
 
 
-def loggers(config: VerlConfig, logs: str) -> list[dict[str, Any]] | bool:
+def loggers(config: VerlConfig, logs: str, warnings: list[str] | None = None) -> list[dict[str, Any]] | bool:
     """verl's ``trainer.logger`` list as Lightning loggers (``False`` for none), with verl's names.
 
     Args:
         config: The verl configuration.
         logs: The folder of CSV and TensorBoard logs (and wandb's, without ``$WANDB_DIR``).
+        warnings: Where a warning about a logger that lit_sft writes differently goes.
     """
     names = config.get("trainer.logger") or []
     names = [names] if isinstance(names, str) else list(names)
@@ -27,7 +28,14 @@ def loggers(config: VerlConfig, logs: str) -> list[dict[str, Any]] | bool:
         raise ConfigError(f"verl trainer.logger {unknown}: lit-sft verl supports {', '.join(_LOGGERS)}")
     project, experiment = config.get("trainer.project_name"), config.get("trainer.experiment_name")
     chosen: list[dict[str, Any]] = []
-    if "console" in names:  # the progress bar prints the step's metrics; the CSV keeps them
+    if "file" in names and warnings is not None:
+        warnings.append(
+            "verl trainer.logger 'file' (a JSON line per step in $VERL_FILE_LOGGER_PATH or "
+            f"<project>/<experiment>.jsonl): lit_sft writes the metrics as CSV in {logs}/csv/metrics.csv"
+        )
+    if (
+        "console" in names or "file" in names
+    ):  # the progress bar prints the step's metrics; the CSV keeps them
         chosen.append({"class_path": "lightning.pytorch.loggers.CSVLogger",
                         "init_args": {"save_dir": logs, "name": "csv", "version": ""}})  # fmt: skip
     if "tensorboard" in names:  # verl: $TENSORBOARD_DIR, else tensorboard_log/<project>/<experiment>

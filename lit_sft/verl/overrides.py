@@ -35,12 +35,18 @@ class VerlConfig:
         values: The whole configuration, verl's defaults included, interpolations resolved.
         given: Dotted keys set by the config file or the command line.
         warnings: Keys set that have no meaning in lit_sft, with the reason.
+        groups: The engine trainer's group choices that differ from its defaults (``engine: megatron``).
     """
 
     schema: str
     values: dict[str, Any]
     given: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
+    groups: dict[str, str] = field(default_factory=dict)
+
+    def group(self, name: str) -> str:
+        """The chosen file of a config group (``engine``, ``optim``): ``fsdp`` unless chosen otherwise."""
+        return self.groups.get(name, schema.ENGINE_GROUPS[name][0])
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value at a dotted key (``default`` when the key was deleted with ``~key``)."""
@@ -211,12 +217,40 @@ def _override_key(word: str) -> str:
     return word.lstrip("+~").partition("=")[0].strip()
 
 
+def _group_choices(words: list[str]) -> dict[str, str]:
+    """The engine trainer's group choices on the command line (``engine=megatron``), which Hydra applies before
+    any value override whatever their order; a plugin's group is refused as verl without the plugin refuses it."""
+    choices = {}
+    for word in words:
+        key, _, text = word.lstrip("+").partition("=")
+        if word.startswith("~") or key.strip() not in schema.ENGINE_GROUPS:
+            continue
+        value = parse_value(text)
+        if isinstance(value, dict):
+            continue
+        plugin = schema.PLUGIN_GROUPS.get((key.strip(), str(value)))
+        if plugin is not None:
+            raise ConfigError(
+                f"{key.strip()}={value} is a config group of the {plugin} plugin package (found through "
+                f"hydra.searchpath=[pkg://{plugin}.config]), not of verl: verl without {plugin} installed refuses "
+                f"it too (Hydra finds no {key.strip()}/{value}.yaml), and lit-sft verl does not implement it"
+            )
+        if value not in schema.ENGINE_GROUPS[key.strip()]:
+            raise ConfigError(
+                f"override {word!r}: {key.strip()}={value} is not supported: lit_sft implements "
+                f"{key.strip()}={' or '.join(schema.ENGINE_GROUPS[key.strip()])}"
+            )
+        choices[key.strip()] = str(value)
+    return choices
+
+
 def load(words: list[str], file_tree: dict[str, Any] | None = None) -> VerlConfig:
     """verl's defaults, then the config file, then the overrides; interpolations resolved; keys checked."""
     file_tree = file_tree or {}
     keys = list(_flatten(file_tree)) + [_override_key(w) for w in words]
     chosen = _schema_of(keys)
-    tree = schema.defaults(chosen)
+    groups = _group_choices(words) if chosen == "engine" else {}
+    tree = schema.defaults(chosen, groups)
     valid = schema.dotted_keys(tree) + list(schema.EXTRA_KEYS)
     aliases = schema.LEGACY_ALIASES if chosen == "legacy" else {}
     given: set[str] = set()
@@ -265,7 +299,7 @@ def load(words: list[str], file_tree: dict[str, Any] | None = None) -> VerlConfi
             continue
         key, _, text = word.lstrip("+").partition("=")
         assign(key.strip(), parse_value(text), f"override {word!r}", append=word.startswith("+"))
-    config = VerlConfig(chosen, _resolve(tree), given)
+    config = VerlConfig(chosen, _resolve(tree), given, groups=groups)
     _check_values(config)
     return config
 
@@ -281,13 +315,24 @@ def _resolve(tree: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_values(config: VerlConfig) -> None:
-    reference = _flatten(_resolve(schema.defaults(config.schema)))
+    reference = _flatten(_resolve(schema.defaults(config.schema, config.groups)))
     values = _flatten(config.values)
     for key, value in values.items():
         default = reference.get(key, schema.EXTRA_KEYS.get(key))
         if value == default:
             continue
-        refused = schema.UNSUPPORTED.get(key)
+        section = key.split(".", 1)[0]
+        policy = (
+            schema.foreign_policy(key) if config.groups.get(section) in ("megatron", "automodel") else None
+        )
+        if policy is not None:  # translated or a layout key: lit_sft.verl.translate reads it
+            kind, why = policy
+            if kind == "unsupported":
+                raise ConfigError(f"verl key {key}={value!r} is not supported by lit-sft verl: {why}")
+            if kind == "ignored":
+                config.warnings.append(f"verl key {key}={value!r} has no effect here: {why}")
+            continue
+        refused = schema.reason(schema.UNSUPPORTED, key)  # optim.override_optimizer_config.<any key> too
         if refused is not None:
             raise ConfigError(f"verl key {key}={value!r} is not supported by lit-sft verl: {refused}")
         ignored = schema.reason(schema.IGNORED, key)

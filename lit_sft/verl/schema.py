@@ -6,7 +6,11 @@ Two trainers, two key sets (read from verl-project/verl, not guessed):
   comes from the yaml itself; older verl releases spelled ``optim.lr_warmup_steps_ratio`` as
   ``optim.warmup_steps_ratio`` and ``trainer.resume_from_path`` as ``trainer.resume_path``);
 * the engine-based ``verl.trainer.sft_trainer``: ``verl/trainer/config/sft_trainer_engine.yaml`` with the
-  groups ``model/hf_model.yaml``, ``engine/fsdp.yaml``, ``optim/fsdp.yaml`` and ``profiler/profiler.yaml``.
+  groups ``model/hf_model.yaml``, ``engine/fsdp.yaml``, ``optim/fsdp.yaml`` and ``profiler/profiler.yaml``;
+  the choices ``engine=megatron``/``optim=megatron`` and ``engine=automodel``/``optim=automodel`` replace the
+  engine and optim sections with `MEGATRON_ENGINE_DEFAULTS`, `MEGATRON_OPTIM_DEFAULTS`,
+  `AUTOMODEL_ENGINE_DEFAULTS` and `AUTOMODEL_OPTIM_DEFAULTS` (read at `ENGINE_COMMIT`), whose keys
+  `FOREIGN_TRANSLATED`, `FOREIGN_LAYOUT`, `FOREIGN_IGNORED` and `FOREIGN_UNSUPPORTED` sort.
 
 Where each table was read: `LEGACY_DEFAULTS` at `LEGACY_COMMIT` (verl's main branch has since deleted the
 legacy trainer); `ENGINE_DEFAULTS` at `ENGINE_COMMIT`, the newest verl-project/verl snapshot read. Every key of
@@ -341,8 +345,268 @@ ENGINE_DEFAULTS_AT_LEGACY_COMMIT: dict[str, Any] = {
     "model.mtp.speculative_eagle_topk": 2,
 }
 
-#: Config groups of the engine trainer (``engine=fsdp`` on the command line selects a group's file).
-ENGINE_GROUPS = {"model": ("hf_model",), "engine": ("fsdp",), "optim": ("fsdp",), "profiler": ("profiler",)}
+#: verl/trainer/config/engine/megatron.yaml (``engine=megatron``: Megatron-LM through Megatron-Bridge), verl
+#: commit `ENGINE_COMMIT`. lit_sft runs it on FSDP: see `FOREIGN_LAYOUT` and `lit_sft.verl.translate`.
+MEGATRON_ENGINE_DEFAULTS: dict[str, Any] = {
+    "param_offload": False,
+    "grad_offload": False,
+    "optimizer_offload": False,
+    "tensor_model_parallel_size": 1,
+    "expert_model_parallel_size": 1,
+    "expert_tensor_parallel_size": None,
+    "pipeline_model_parallel_size": 1,
+    "virtual_pipeline_model_parallel_size": None,
+    "context_parallel_size": 1,
+    "sequence_parallel": True,
+    "use_distributed_optimizer": True,
+    "use_dist_checkpointing": False,
+    "dist_checkpointing_path": None,
+    "dynamic_context_parallel": False,
+    "max_seqlen_per_dp_cp_rank": None,
+    "dist_checkpointing_prefix": "",
+    "dist_ckpt_optim_fully_reshardable": False,
+    "distrib_optim_fully_reshardable_mem_efficient": False,
+    "entropy_from_logits_with_chunking": False,
+    "entropy_from_logits_chunk_size": 2048,
+    "seed": 42,
+    "override_ddp_config": {},
+    "override_transformer_config": {
+        "recompute_granularity": None,
+        "recompute_modules": ["core_attn"],
+        "recompute_method": None,
+        "recompute_num_layers": None,
+        "attention_backend": "flash",
+    },
+    "override_mcore_model_config": {},
+    "use_mbridge": True,
+    "vanilla_mbridge": False,
+    "use_remove_padding": True,
+    "pad_bshd_to_minibatch_max": True,
+    "pad_to_length": False,
+    "pad_to_length_bucket": 512,
+    "use_megatron_fsdp": False,
+    "forward_only": False,
+    "dtype": "bfloat16",
+    "router_replay": {"mode": "disabled", "record_file": None, "replay_file": None},
+    "qat": {
+        "enable": False,
+        "mode": "w4a16",
+        "group_size": 16,
+        "ignore_patterns": ["lm_head", "*mlp.gate"],
+        "activation_observer": None,
+        "quantization_config_path": None,
+    },
+}
+
+#: verl/trainer/config/optim/megatron.yaml (``optim=megatron``), verl commit `ENGINE_COMMIT`. verl builds
+#: Megatron's optimizer from lr, min_lr, clip_grad and weight_decay only (``init_megatron_optim_config`` in
+#: verl/utils/megatron/optimizer.py: ``betas`` is not passed, so Megatron's Adam keeps 0.9/0.999) and Megatron's
+#: OptimizerParamScheduler from the lr_* keys (``get_megatron_optimizer_param_scheduler``).
+MEGATRON_OPTIM_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-3,
+    "lr_warmup_steps_ratio": 0.0,
+    "total_training_steps": -1,
+    "weight_decay": 0.01,
+    "lr_warmup_steps": -1,
+    "betas": [0.9, 0.999],
+    "clip_grad": 1.0,
+    "optimizer": "adam",
+    "lr_warmup_init": 0.0,
+    "lr_decay_steps": None,
+    "lr_decay_style": "constant",
+    "min_lr": 0.0,
+    "weight_decay_incr_style": "constant",
+    "lr_wsd_decay_style": "exponential",
+    "lr_wsd_decay_steps": None,
+    "use_checkpoint_opt_param_scheduler": False,
+    "use_precision_aware_optimizer": False,
+    "main_grads_dtype": "fp32",
+    "exp_avg_dtype": "fp32",
+    "exp_avg_sq_dtype": "fp32",
+    "use_layer_wise_distributed_optimizer": False,
+    "muon_momentum": 0.95,
+    "muon_nesterov": False,
+    "muon_split_qkv": True,
+    "muon_scale_mode": "spectral",
+    "muon_coefficient_type": "quintic",
+    "muon_num_ns_steps": 5,
+    "muon_tp_mode": "blockwise",
+    "muon_fp32_matmul_prec": "medium",
+    "muon_extra_scale_factor": 1.0,
+    "muon_scalar_optimizer": "adam",
+    "muon_match_adamw_update_rms": False,
+    "override_optimizer_config": {},
+}
+
+#: verl/trainer/config/engine/automodel.yaml (``engine=automodel``: NVIDIA NeMo Automodel), verl commit
+#: `ENGINE_COMMIT`.
+AUTOMODEL_ENGINE_DEFAULTS: dict[str, Any] = {
+    "strategy": "automodel",
+    "distributed_strategy": "fsdp2",
+    "tp_size": 1,
+    "pp_size": 1,
+    "cp_size": 1,
+    "ep_size": 1,
+    "dp_replicate_size": 1,
+    "sequence_parallel": False,
+    "defer_fsdp_grad_sync": True,
+    "param_offload": False,
+    "optimizer_offload": False,
+    "activation_checkpointing": False,
+    "enable_fp8": False,
+    "enable_compile": False,
+    "model_dtype": "fp32",
+    "attn_implementation": "flash_attention_2",
+    "backend_config": {
+        "attn": "sdpa",
+        "linear": "te",
+        "rms_norm": "torch_fp32",
+        "rope_fusion": True,
+        "dispatcher": "torch",
+        "experts": "gmm",
+        "gate_precision": None,
+        "enable_hf_state_dict_adapter": True,
+        "enable_fsdp_optimizations": False,
+        "fake_balanced_gate": False,
+        "fake_gate_noise": 0.0,
+    },
+    "moe_config": {
+        "ignore_router_for_ac": False,
+        "reshard_after_forward": False,
+        "lm_head_precision": None,
+        "wrap_outer_model": True,
+    },
+    "mp_param_dtype": "bf16",
+    "mp_reduce_dtype": "fp32",
+    "mp_output_dtype": "bf16",
+    "seed": 42,
+    "full_determinism": False,
+    "forward_only": False,
+    "use_torch_compile": False,
+    "entropy_from_logits_with_chunking": False,
+    "entropy_from_logits_chunk_size": 2048,
+    "entropy_checkpointing": False,
+}
+
+#: verl/trainer/config/optim/automodel.yaml (``optim=automodel``), verl commit `ENGINE_COMMIT`. verl builds the
+#: optimizer from optimizer_impl.optimizer with lr, weight_decay, eps, betas (+ the precision keys) and
+#: Automodel's OptimizerParamScheduler (Megatron's formula) with init_lr = lr x init_lr_ratio, min_lr = lr x
+#: min_lr_ratio, decay over all steps (``_build_lr_scheduler`` in verl/workers/engine/automodel/transformer_impl.py).
+AUTOMODEL_OPTIM_DEFAULTS: dict[str, Any] = {
+    "optimizer": "AdamW",
+    "optimizer_impl": "torch.optim",
+    "lr": 1e-5,
+    "lr_warmup_steps_ratio": 0.0,
+    "total_training_steps": -1,
+    "weight_decay": 0.01,
+    "lr_warmup_steps": -1,
+    "betas": [0.9, 0.999],
+    "clip_grad": 1.0,
+    "init_lr_ratio": 0.1,
+    "min_lr_ratio": 0.01,
+    "lr_scheduler_type": "cosine",
+    "wd_incr_style": "constant",
+    "num_cycles": 0.5,
+    "zero_indexed_step": True,
+    "eps": 1e-8,
+    "master_weights": False,
+    "store_param_remainders": False,
+    "exp_avg_dtype": None,
+    "exp_avg_sq_dtype": None,
+    "master_weight_dtype": None,
+    "override_optimizer_config": {},
+}
+
+#: Config groups of the engine trainer (``engine=fsdp`` on the command line selects a group's file) and the
+#: defaults of each choice. ``engine``/``optim`` ``megatron`` and ``automodel`` run on lit_sft's FSDP path.
+ENGINE_GROUPS = {"model": ("hf_model",), "engine": ("fsdp", "megatron", "automodel"),
+                 "optim": ("fsdp", "megatron", "automodel"), "profiler": ("profiler",)}  # fmt: skip
+GROUP_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("engine", "megatron"): MEGATRON_ENGINE_DEFAULTS,
+    ("optim", "megatron"): MEGATRON_OPTIM_DEFAULTS,
+    ("engine", "automodel"): AUTOMODEL_ENGINE_DEFAULTS,
+    ("optim", "automodel"): AUTOMODEL_OPTIM_DEFAULTS,
+}
+#: Group choices that only a verl plugin package provides (its ``hydra.searchpath``): verl alone refuses them.
+PLUGIN_GROUPS = {("engine", "mlite"): "verl_mlite", ("optim", "mlite"): "verl_mlite"}
+
+#: Keys of the Megatron/Automodel groups whose non-default values describe the parallel layout lit_sft replaces
+#: with FSDP over all ranks: one warning lists them (`lit_sft.verl.translate`). Context parallelism becomes
+#: lit_sft's sequence parallelism (each rank holds a slice of every sequence, the loss unchanged).
+FOREIGN_LAYOUT = (
+    "engine.tensor_model_parallel_size", "engine.expert_model_parallel_size",
+    "engine.expert_tensor_parallel_size", "engine.pipeline_model_parallel_size",
+    "engine.virtual_pipeline_model_parallel_size", "engine.context_parallel_size", "engine.sequence_parallel",
+    "engine.use_distributed_optimizer", "engine.dynamic_context_parallel", "engine.max_seqlen_per_dp_cp_rank",
+    "engine.override_ddp_config", "engine.override_transformer_config", "engine.override_mcore_model_config",
+    "engine.use_mbridge", "engine.vanilla_mbridge", "engine.use_megatron_fsdp", "engine.grad_offload",
+    "engine.distributed_strategy", "engine.tp_size", "engine.pp_size", "engine.cp_size", "engine.ep_size",
+    "engine.dp_replicate_size", "engine.defer_fsdp_grad_sync", "engine.moe_config",
+    "engine.mp_param_dtype", "engine.mp_reduce_dtype", "engine.mp_output_dtype",
+)  # fmt: skip
+
+#: Keys of the Megatron/Automodel groups `lit_sft.verl.translate` reads (optimizer, schedule, offload, dtype).
+FOREIGN_TRANSLATED = (
+    "optim.lr", "optim.weight_decay", "optim.clip_grad", "optim.betas", "optim.lr_warmup_steps",
+    "optim.lr_warmup_steps_ratio", "optim.lr_warmup_init", "optim.lr_decay_steps", "optim.lr_decay_style",
+    "optim.min_lr", "optim.init_lr_ratio", "optim.min_lr_ratio", "optim.lr_scheduler_type", "optim.eps",
+    "optim.optimizer", "optim.optimizer_impl", "optim.override_optimizer_config", "engine.param_offload",
+    "engine.dtype", "engine.model_dtype", "engine.strategy", "engine.activation_checkpointing",
+    "engine.override_transformer_config.recompute_granularity", "engine.override_transformer_config.recompute_method",
+    "engine.override_transformer_config.recompute_num_layers", "engine.override_transformer_config.recompute_modules",
+)  # fmt: skip
+
+#: Keys of the Megatron/Automodel groups with no meaning on lit_sft's FSDP path: a warning with the reason.
+FOREIGN_IGNORED: dict[str, str] = {
+    "engine.use_dist_checkpointing": "lit_sft saves its own checkpoints and an HF model",
+    "engine.dist_checkpointing_prefix": "lit_sft saves its own checkpoints and an HF model",
+    "engine.dist_ckpt_optim_fully_reshardable": "lit_sft saves its own checkpoints and an HF model",
+    "engine.distrib_optim_fully_reshardable_mem_efficient": "lit_sft saves its own checkpoints and an HF model",
+    "engine.use_remove_padding": "packing follows data.pad_mode / model.use_remove_padding; the loss is the same",
+    "engine.pad_bshd_to_minibatch_max": "a padding-shape knob; the loss is the same",
+    "engine.forward_only": "RL only (reference and inference workers)",
+    "engine.router_replay": "RL only (MoE routing replay)",
+    "engine.enable_compile": "lit_sft does not torch.compile the model",
+    "engine.attn_implementation": "lit_sft attends with SDPA (model.attn_implementation in a native config)",
+    "engine.backend_config": "NVIDIA Automodel's kernel choices; lit_sft runs the transformers model's own modules",
+    "engine.override_transformer_config.attention_backend": "lit_sft attends with SDPA (model.attn_implementation "
+    "in a native config)",
+    "optim.weight_decay_incr_style": "verl passes start_wd = end_wd = weight_decay, so weight decay is constant",
+    "optim.wd_incr_style": "verl passes start_wd = end_wd = weight_decay, so weight decay is constant",
+    "optim.lr_wsd_decay_style": "read only with lr_decay_style=WSD",
+    "optim.lr_wsd_decay_steps": "read only with lr_decay_style=WSD",
+    "optim.use_checkpoint_opt_param_scheduler": "lit_sft's resume restores the scheduler state",
+    "optim.use_precision_aware_optimizer": "lit_sft keeps AdamW's states in the parameters' dtype",
+    "optim.main_grads_dtype": "lit_sft keeps gradients in the parameters' dtype",
+    "optim.exp_avg_dtype": "lit_sft keeps AdamW's states in the parameters' dtype",
+    "optim.exp_avg_sq_dtype": "lit_sft keeps AdamW's states in the parameters' dtype",
+    "optim.master_weight_dtype": "lit_sft keeps AdamW's states in the parameters' dtype",
+    "optim.master_weights": "lit_sft's precision setting decides the weights' dtype",
+    "optim.store_param_remainders": "lit_sft's precision setting decides the weights' dtype",
+    "optim.use_layer_wise_distributed_optimizer": "Muon only (optim.optimizer=muon)",
+    "optim.muon_momentum": "Muon only",
+    "optim.muon_nesterov": "Muon only",
+    "optim.muon_split_qkv": "Muon only",
+    "optim.muon_scale_mode": "Muon only",
+    "optim.muon_coefficient_type": "Muon only",
+    "optim.muon_num_ns_steps": "Muon only",
+    "optim.muon_tp_mode": "Muon only",
+    "optim.muon_fp32_matmul_prec": "Muon only",
+    "optim.muon_extra_scale_factor": "Muon only",
+    "optim.muon_scalar_optimizer": "Muon only",
+    "optim.muon_match_adamw_update_rms": "Muon only",
+    "optim.num_cycles": "unused by Megatron's and Automodel's scheduler",
+    "optim.zero_indexed_step": "unused by Megatron's and Automodel's scheduler",
+}
+
+#: Keys of the Megatron/Automodel groups lit_sft cannot honour when they differ from the default.
+FOREIGN_UNSUPPORTED: dict[str, str] = {
+    "engine.dist_checkpointing_path": "loading the model from a Megatron dist checkpoint is not available: "
+    "convert it to an HF model and set model.path",
+    "engine.enable_fp8": "FP8 training is not available",
+    "engine.backend_config.fake_balanced_gate": "a fake MoE gate changes the routing; lit_sft runs the model's own",
+    "engine.backend_config.fake_gate_noise": "a fake MoE gate changes the routing; lit_sft runs the model's own",
+}
 
 #: Keys only the legacy trainer has, and keys only the engine trainer has: they tell the two apart.
 LEGACY_MARKERS = (
@@ -429,9 +693,6 @@ UNSUPPORTED: dict[str, str] = {
     "model.lora_adapter_path": "continuing from a LoRA adapter is not available; merge it into model.path first",
     "model.use_fused_kernels": "verl's fused kernels are not available; model.use_liger gives Liger's kernels",
     "model.tiled_mlp.enabled": "TiledMLP is not available; use gradient checkpointing",
-    "model.mtp.enable": "multi-token prediction is not available",
-    "model.mtp.enable_train": "multi-token prediction is not available",
-    "model.mtp.enable_rollout": "multi-token prediction is not available",
     "optim.optimizer": "only AdamW from verl's options (a native config takes any optimizer)",
     "optim.optimizer_impl": "only torch.optim (a native config takes any optimizer class)",
     "optim.num_cycles": "lit_sft's cosine schedule is the half cycle (num_cycles 0.5)",
@@ -460,18 +721,43 @@ EXTRA_KEYS: dict[str, Any] = {
 }
 
 
-#: Mappings whose keys are the user's own (passed on to the chat template or the model config).
-FREE_FORM = ("data.apply_chat_template_kwargs", "model.override_config", "optim.override_optimizer_config")
+#: Mappings whose keys are the user's own (passed on to the chat template, the model config, Megatron's configs).
+FREE_FORM = ("data.apply_chat_template_kwargs", "model.override_config", "optim.override_optimizer_config",
+             "engine.override_transformer_config", "engine.override_ddp_config",
+             "engine.override_mcore_model_config")  # fmt: skip
 
 
-def defaults(schema: str) -> dict[str, Any]:
-    """A fresh copy of the ``legacy`` or ``engine`` defaults.
+def foreign_policy(key: str) -> tuple[str, str] | None:
+    """How lit_sft reads a key of the ``megatron``/``automodel`` engine or optim group: ``translated``,
+    ``layout``, ``ignored`` or ``unsupported`` with the reason (the most specific listed key or parent wins), or
+    None for a key these groups share with the FSDP ones (`IGNORED` and `UNSUPPORTED` decide)."""
+    parts = key.split(".")
+    for end in range(len(parts), 0, -1):
+        name = ".".join(parts[:end])
+        if name in FOREIGN_TRANSLATED:
+            return "translated", ""
+        if name in FOREIGN_LAYOUT:
+            return "layout", ""
+        if name in FOREIGN_IGNORED:
+            return "ignored", FOREIGN_IGNORED[name]
+        if name in FOREIGN_UNSUPPORTED:
+            return "unsupported", FOREIGN_UNSUPPORTED[name]
+    return None
+
+
+def defaults(schema: str, groups: dict[str, str] | None = None) -> dict[str, Any]:
+    """A fresh copy of the ``legacy`` or ``engine`` defaults, with the engine trainer's group choices.
 
     The legacy yaml starts with ``defaults: [optim: fsdp, _self_]``: its ``optim`` is ``optim/fsdp.yaml``
-    overridden by its own ``optim`` section (the legacy trainer reads only the keys the yaml sets).
+    overridden by its own ``optim`` section (the legacy trainer reads only the keys the yaml sets). A group
+    choice (``engine=megatron``) replaces the whole section, as Hydra does.
     """
     if schema == "engine":
-        return copy.deepcopy(ENGINE_DEFAULTS)
+        tree = copy.deepcopy(ENGINE_DEFAULTS)
+        for group, choice in (groups or {}).items():
+            if (group, choice) in GROUP_DEFAULTS:
+                tree[group] = copy.deepcopy(GROUP_DEFAULTS[group, choice])
+        return tree
     tree = copy.deepcopy(LEGACY_DEFAULTS)
     tree["optim"] = {**copy.deepcopy(ENGINE_DEFAULTS["optim"]), **tree["optim"]}
     return tree

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lit_sft.errors import ConfigError
+from lit_sft.verl import foreign
 from lit_sft.verl.outputs import loggers, resume_from
 from lit_sft.verl.overrides import VerlConfig
 
@@ -129,9 +130,18 @@ def translate(config: VerlConfig, launch: Launch, log_dir: str | None = None) ->
     world = devices * num_nodes
 
     # Batches: verl's global batch over data-parallel ranks (sequence-parallel groups share rows).
-    sequence = int(
-        get("ulysses_sequence_parallel_size" if legacy else "engine.ulysses_sequence_parallel_size", 1)
-    )
+    if foreign.is_foreign(
+        config, "engine"
+    ):  # Megatron/Automodel: FSDP over all ranks, context parallel as sp
+        sequence = foreign.sequence_parallel_size(config)
+        layout = foreign.layout_warning(config)
+        warnings += [layout] if layout else []
+    else:
+        sequence = int(
+            get("ulysses_sequence_parallel_size" if legacy else "engine.ulysses_sequence_parallel_size", 1)
+        )
+    if not legacy:
+        foreign.mtp(config, warnings)
     if world % sequence:
         raise ConfigError(f"ulysses_sequence_parallel_size={sequence} does not divide the {world} processes")
     data_parallel = world // sequence
@@ -350,7 +360,9 @@ def _model(
         "model_name_or_path": _path(get("model.partial_pretrain" if legacy else "model.path")),
         "dtype": _DTYPES[dtype],
         "trust_remote_code": bool(get("model.trust_remote_code")),
-        "gradient_checkpointing": bool(get("model.enable_gradient_checkpointing")),
+        "gradient_checkpointing": foreign.gradient_checkpointing(config)
+        if foreign.is_foreign(config, "engine")
+        else bool(get("model.enable_gradient_checkpointing")),
         "liger_kernels": bool(get("model.use_liger")),
         "sequence_parallel_size": sequence,
     }
@@ -364,15 +376,14 @@ def _model(
     lora = _lora(config, legacy, warnings)
     if lora is not None:
         model["lora"] = lora
-    model["optimizer"] = {
-        "class_path": "torch.optim.AdamW",
-        "init_args": {"lr": float(get("optim.lr")), "betas": list(get("optim.betas")),
-                      "weight_decay": float(get("optim.weight_decay"))},
-    }  # fmt: skip
-    model["lr_scheduler"] = {
-        "class_path": "lit_sft.WarmupDecayLR",
-        "init_args": _schedule(config, legacy, warnings),
-    }
+    if foreign.is_foreign(config, "optim"):
+        adamw, schedule = foreign.optimizer(config, warnings), foreign.schedule(config)
+    else:
+        adamw = {"lr": float(get("optim.lr")), "betas": list(get("optim.betas")),
+                 "weight_decay": float(get("optim.weight_decay"))}  # fmt: skip
+        schedule = _schedule(config, legacy, warnings)
+    model["optimizer"] = {"class_path": "torch.optim.AdamW", "init_args": adamw}
+    model["lr_scheduler"] = {"class_path": "lit_sft.WarmupDecayLR", "init_args": schedule}
     return model
 
 
@@ -452,6 +463,8 @@ def _schedule(config: VerlConfig, legacy: bool, warnings: list[str]) -> dict[str
 def _strategy(config: VerlConfig, legacy: bool, accelerator: str, warnings: list[str]) -> dict[str, Any]:
     get = config.get
     name = get("model.strategy", "fsdp2") if legacy else get("engine.strategy", "fsdp")
+    if foreign.is_foreign(config, "engine"):  # Megatron/Automodel layouts become FSDP2 over all ranks
+        name = "fsdp2"
     if legacy:
         offload = bool(get("model.fsdp_config.cpu_offload"))
         # FSDP1's CPUOffload moves parameters only with offload_params (fsdp_sft_trainer.py); FSDP2's policy always.
@@ -500,7 +513,7 @@ def _trainer(
         "default_root_dir": root,
         "num_sanity_val_steps": 0,
         "log_every_n_steps": 1,
-        "logger": loggers(config, logs),
+        "logger": loggers(config, logs, warnings),
     }
     # verl validates every test_freq optimizer steps and at its last step (VerlValidation); Lightning counts
     # micro-batches, whose number per step token budgets know only from the data (the callback sets it then).

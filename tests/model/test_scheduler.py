@@ -43,6 +43,19 @@ def test_warmup_ratio_and_scheduler_stepping() -> None:
     assert all(a < b for a, b in itertools.pairwise(lrs[:6]))
 
 
+def test_a_warmup_start_ratio_rises_linearly_from_it_to_the_peak() -> None:
+    # Megatron's warmup from init_lr: init + (peak - init) * step / warmup, the peak at step == warmup
+    factors = [
+        warmup_decay_factor(step, schedule="constant", warmup_steps=4, total_steps=10, min_lr_ratio=0.0,
+                            warmup_start_ratio=0.2)
+        for step in range(6)
+    ]  # fmt: skip
+    assert factors == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
+    with pytest.raises(ConfigError, match="warmup_start_ratio"):
+        WarmupDecayLR(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), warmup_start_ratio=1.5,
+                      total_steps=10)  # fmt: skip
+
+
 def test_schedules_that_need_total_steps_say_so() -> None:
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     with pytest.raises(ConfigError, match="needs total_steps"):

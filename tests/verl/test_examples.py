@@ -31,14 +31,25 @@ b178a3cd5 (legacy ``fsdp_sft_trainer`` scripts and the engine VLM one)
   - gsm8k/run_seed_oss_36b_fsdp.sh: runs (2 processes, sp 2)
   - multiturn/run_qwen2_5_0_5b_fsdp.sh: runs (1 process); with SP_SIZE=2: runs (2 processes)
   - vlm/run_qwen3_vl_2b_fsdp.sh: runs with text rows and the tiny text model (2 processes, sp 2, fsdp2)
-  - gsm8k/run_qwen2_5_0_5b_automodel.sh, run_qwen3_30b_automodel.sh: refused, engine=automodel (lit_sft
-    implements verl's FSDP engine only; verl itself runs them with NVIDIA Automodel installed)
-  - gsm8k/run_nemotron_nano_v3_megatron.sh, run_qwen3_5_397b_a17b_megatron.sh: refused, engine=megatron
-    (likewise: verl runs them with Megatron-LM/mbridge)
-  - gsm8k/run_qwen_megatron_fsdp.sh, run_deepseek_v4_megatron_lite.sh: refused, optim=megatron (the latter
-    also needs the verl_mlite plugin: without it verl itself has no engine=mlite)
-  - gsm8k/run_mimo_7b_mtp_megatron.sh: refused, engine=megatron; the script itself never starts verl: it runs
-    ``$COMMAND ...`` with COMMAND unset under ``set -u``
+  - gsm8k/run_qwen2_5_0_5b_automodel.sh: runs (1 process; engine/optim=automodel on FSDP2: AdamW with its
+    betas, Automodel's scheduler with init_lr_ratio 0 (lit_sft's warmup start) and min_lr_ratio 0.1)
+  - gsm8k/run_qwen3_30b_automodel.sh: runs (1 process; ep_size=8 replaced by FSDP, one warning; TE FusedAdam as
+    AdamW; warmup from init_lr_ratio 0.1 as verl; activation checkpointing; the Automodel kernel keys warned)
+  - gsm8k/run_nemotron_nano_v3_megatron.sh: runs (2 processes; tp 8 / ep 8 replaced by FSDP, one warning;
+    Megatron's Adam betas 0.9/0.999 since verl does not pass optim.betas (warned); cosine to min_lr; recompute
+    as gradient checkpointing; the optimizer offload overrides warned)
+  - gsm8k/run_qwen_megatron_fsdp.sh: runs (2 processes; tp 4 and Megatron-FSDP replaced by FSDP; warmup ratio
+    0.2; trainer.logger file as CSV, warned)
+  - gsm8k/run_qwen3_5_397b_a17b_megatron.sh: refused: model.mtp.enable_train=True adds the MTP loss, whose
+    gradient reaches the shared output layer; lit_sft loads models with transformers, which drops the MTP layers
+    (verl runs it with Megatron-LM/Megatron-Bridge: a lit_sft limit, not verl's)
+  - gsm8k/run_mimo_7b_mtp_megatron.sh: the script itself never starts verl: it runs ``$COMMAND ...`` with
+    COMMAND unset under ``set -u``. Its override list runs here (1 process; model.mtp.enable without
+    enable_train: verl does not train the MTP layers either, a warning says the export has none), with
+    data.messages_key swapped (its dataset's prompt column holds no assistant turn)
+  - gsm8k/run_deepseek_v4_megatron_lite.sh: refused, engine=mlite: a config group of the verl_mlite plugin
+    package (hydra.searchpath=[pkg://verl_mlite.config], launched by -m verl_mlite.launch); verl without that
+    package refuses it too
 """
 
 from __future__ import annotations
