@@ -165,23 +165,22 @@ def check_split(
     for part in tokenize_sources(
         sources, positions, lambda source: dm.row_tokenizer(source, unlimited), dm.num_proc
     ):
-        statuses = part.statuses
         label = getattr(part.source, "label", "") or part.source.name
         source = report.sources.setdefault(label, SourceCheck(label))
         source.rows += len(part.rows)
         source.malformed += len(part.invalid())
         for position in part.invalid():
             error = part.row_error(position)
-            report.malformed[str(statuses[position])] += 1
+            report.malformed[part.status(position)] += 1
             if len(report.malformed_examples) < max_examples:
                 report.malformed_examples.append(
                     f"{error.file}, row {error.row}, field '{error.field}': {error.reason}"
                 )
-        valid = np.flatnonzero((statuses == OK) | (statuses == NO_TRAINED_TOKENS))
-        source_rows, lost = part.source_rows, part.lost()
+        valid = np.flatnonzero(part.status_in(OK, NO_TRAINED_TOKENS))
+        source_rows = part.source_rows
         report.split_rows += len(valid) - len(np.unique(source_rows[valid]))
-        for position in valid[lost[valid] != ""]:
-            fields = str(lost[position]).split(", ")
+        for position, lost in part.lost(valid).items():
+            fields = lost.split(", ")
             report.template_losses.update(
                 {re.sub(r"\[\d+\]$", "", name.rsplit(".", 1)[-1]) for name in fields}
             )

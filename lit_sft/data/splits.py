@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from lit_sft.data.conversation import FormatOptions, required_columns, resolve_format
 from lit_sft.data.mixture import cap_positions
@@ -193,26 +195,40 @@ class TokenizedSource:
         """The row index in the source file of the tokenized row at ``position``."""
         return int(self.rows[self.source_rows[position]])
 
-    def lost(self) -> np.ndarray:
-        """For each tokenized row, the fields whose content the template did not render ("" for none)."""
-        if "lost" in self.tokenized.column_names:
-            return self.tokenized.data.column("lost").to_numpy(zero_copy_only=False)
-        return np.full(len(self.tokenized), "", dtype=object)
+    # The status and lost columns are read through Arrow compute: a million rows as Python strings would be
+    # a million objects (about 60 MB each time); these are a byte per row. A fresh map output has no indices
+    # mapping, so its Arrow columns are in row order.
+    def status_in(self, *statuses: str) -> np.ndarray:
+        """For each tokenized row, whether its status is one of ``statuses``."""
+        column = self.tokenized.data.column("status")
+        return pc.is_in(column, value_set=pa.array(statuses, pa.string())).to_numpy(zero_copy_only=False)
 
-    @property
-    def statuses(self) -> np.ndarray:
-        # A fresh map output has no indices mapping, so its Arrow columns are in row order.
-        return self.tokenized.data.column("status").to_numpy(zero_copy_only=False)
+    def status(self, position: int) -> str:
+        return str(self.tokenized.data.column("status")[int(position)].as_py())
+
+    def dropped(self) -> dict[str, int]:
+        """How many rows have each status other than ``ok``."""
+        column = self.tokenized.data.column("status")
+        counts = pc.value_counts(pc.filter(column, pc.not_equal(column, OK)))
+        return {str(entry["values"]): int(entry["counts"]) for entry in counts.to_pylist()}
+
+    def lost(self, positions: np.ndarray) -> dict[int, str]:
+        """Of the rows at ``positions``, those whose template dropped content: {position: the fields}."""
+        if "lost" not in self.tokenized.column_names or len(positions) == 0:
+            return {}
+        column = self.tokenized.data.column("lost")
+        some = pc.not_equal(column, "").to_numpy(zero_copy_only=False)[positions]
+        chosen = positions[some]
+        return dict(zip(chosen.tolist(), column.take(pa.array(chosen)).to_pylist(), strict=True))
 
     def invalid(self) -> np.ndarray:
         """Positions (into ``tokenized``) of malformed rows."""
-        statuses = self.statuses
-        return np.flatnonzero((statuses != OK) & ~np.isin(statuses, DROPPED_NOT_INVALID))
+        return np.flatnonzero(~self.status_in(OK, *DROPPED_NOT_INVALID))
 
     def row_error(self, position: int, more: str = "") -> RowError:
         """The error of the malformed row at ``position``, naming its file and row."""
         field_name, reason = self.tokenized[int(position)]["error"].split("\t", 1)
-        status = self.statuses[position]
+        status = self.status(position)
         skip = "set data.skip_invalid_rows=true to drop such rows and count them"
         hint = {
             "template_not_prefix_stable": "Or " + skip,
@@ -308,18 +324,17 @@ def tokenize_split(
         summary.sources.setdefault(label, SplitSummary(split=label))
     parts: list[datasets.Dataset] = []
     for part in tokenize_sources(sources, positions, row_tokenizer_for, num_proc):
-        statuses = part.statuses
         bad = part.invalid()
         if len(bad) and not skip_invalid_rows:
             more = f" ({len(bad) - 1} more rows of this file have errors)" if len(bad) > 1 else ""
             raise part.row_error(bad[0], more)
-        keep = np.flatnonzero(statuses == OK)
+        keep = np.flatnonzero(part.status_in(OK))
         table = part.tokenized.data
         counts = SplitSummary(
             split=part.source.name,
             rows_read=len(part.rows),
             kept=len(keep),
-            dropped=dict(Counter(statuses[statuses != OK].tolist())),
+            dropped=part.dropped(),
             truncated=int(table.column("truncated").to_numpy()[keep].sum()),
             tokens=int(table.column("num_tokens").to_numpy()[keep].sum()),
             trained_tokens=int(table.column("num_trained").to_numpy()[keep].sum()),
@@ -353,13 +368,12 @@ def _count_splits_and_losses(summary: SplitSummary, part: TokenizedSource, keep:
         lengths = part.tokenized.data.column("num_tokens").to_numpy()[keep].astype(np.int64)
         summary.split_rows += len(keep) - len(starts)
         summary.split_tokens += int(lengths.sum() - np.maximum.reduceat(lengths, starts).sum())
-    lost = part.lost()[keep]
     losses = Counter(summary.template_losses)
-    for position in np.flatnonzero(lost != ""):
-        fields = str(lost[position]).split(", ")
+    for position, lost in part.lost(keep).items():
+        fields = lost.split(", ")
         losses.update({re.sub(r"\[\d+\]$", "", field.rsplit(".", 1)[-1]) for field in fields})
         if not summary.template_loss_example:
-            row = part.file_row(int(keep[position]))
+            row = part.file_row(position)
             summary.template_loss_example = f"{part.source.name}, row {row}, field '{fields[0]}'"
     summary.template_losses = dict(losses)
 
