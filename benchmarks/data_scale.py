@@ -72,6 +72,13 @@ def peak_rss_mb() -> float:
     return max(own, workers) / 1024
 
 
+def cpu_seconds() -> float:
+    """User and system CPU time of this process and its finished workers: less sensitive than wall time to
+    other tenants of a shared machine (this one's wall times varied by up to 1.6x between runs)."""
+    own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
+
+
 class AnonymousPeak:
     """The peak of this process's anonymous (private) resident memory, sampled every 50 ms in a thread.
 
@@ -130,6 +137,7 @@ def phase(name: str, file: str, work: Path, processes: int) -> dict:
 
     result["baseline_rss_mb"] = current_rss_mb()
     anonymous = AnonymousPeak()
+    cpu_started = cpu_seconds()
     started = time.perf_counter()  # imports and the tokenizer are not timed
     if name == "read":
         rows = len(read_rows(file, "jsonl", "rows.jsonl", cache))
@@ -137,7 +145,7 @@ def phase(name: str, file: str, work: Path, processes: int) -> dict:
         rows = len(datasets.load_dataset("json", data_files=file, split="train", cache_dir=cache))
     elif name == "decode":
         dataset = read_rows(file, "jsonl", "rows.jsonl", cache)
-        started = time.perf_counter()  # the (cold) read is the read phase's
+        started, cpu_started = time.perf_counter(), cpu_seconds()  # the (cold) read is the read phase's
         rows = sum(len(batch["messages"]) for batch in dataset.iter(batch_size=1000))
         result["raw_seconds"] = _raw_iteration_seconds(dataset)
     elif name == "prepare":
@@ -175,7 +183,8 @@ def phase(name: str, file: str, work: Path, processes: int) -> dict:
     else:
         raise SystemExit(f"unknown phase {name}")
     seconds = time.perf_counter() - started
-    result.update(rows=rows, seconds=seconds, peak_rss_mb=peak_rss_mb(), peak_anonymous_mb=anonymous.stop())
+    result.update(rows=rows, seconds=seconds, cpu_seconds=cpu_seconds() - cpu_started, peak_rss_mb=peak_rss_mb(),
+                  peak_anonymous_mb=anonymous.stop())  # fmt: skip
     return result
 
 
@@ -206,8 +215,8 @@ def table(results: list[dict], machine: str) -> str:
         "preparations, the tokenizer (its baseline is the RSS after loading it), and the pages of the",
         "memory-mapped Arrow caches touched; peak anonymous is this process's private memory alone.",
         "",
-        "| rows | jsonl | phase | processes | seconds | rows/s | peak RSS | peak anonymous | baseline RSS |",
-        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| rows | jsonl | phase | processes | seconds | CPU seconds | rows/s | peak RSS | peak anonymous | baseline RSS |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     labels = {
         "read": "read: lit_sft",
@@ -219,13 +228,14 @@ def table(results: list[dict], machine: str) -> str:
     for result in results:
         if "error" in result:
             lines.append(f"| {result['rows_in_file']:,} | | {labels[result['phase']]} | {result['processes']} | "
-                         f"failed: {result['error']} | | | | |")  # fmt: skip
+                         f"failed: {result['error']} | | | | | |")  # fmt: skip
             continue
         seconds = result["seconds"]
         anonymous = f"{result['peak_anonymous_mb'] / 1024:.2f} GB" if "peak_anonymous_mb" in result else "n/a"
+        cpu = f"{result['cpu_seconds']:.1f}" if "cpu_seconds" in result else "n/a"
         lines.append(
             f"| {result['rows_in_file']:,} | {result['file_mb']:,.0f} MB | {labels[result['phase']]} | "
-            f"{result['processes']} | {seconds:.1f} | {result['rows_in_file'] / seconds:,.0f} | "
+            f"{result['processes']} | {seconds:.1f} | {cpu} | {result['rows_in_file'] / seconds:,.0f} | "
             f"{result['peak_rss_mb'] / 1024:.2f} GB | {anonymous} | {result['baseline_rss_mb'] / 1024:.2f} GB |"
         )
     return "\n".join(lines)
