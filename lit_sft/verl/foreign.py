@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from lit_sft.errors import ConfigError
-from lit_sft.verl.overrides import VerlConfig
+from lit_sft.verl.overrides import VerlConfig, flatten
 from lit_sft.verl.schema import GROUP_DEFAULTS, foreign_policy
 
 FOREIGN = ("megatron", "automodel")
@@ -35,16 +35,6 @@ _MEMORY_OVERRIDES = {
 #: Automodel optimizers that are AdamW: (optimizer_impl, optimizer). TE's FusedAdam defaults to adam_w_mode.
 _ADAMW = {("torch.optim", "AdamW"), ("transformer_engine.pytorch.optimizers.fused_adam", "FusedAdam"),
           ("transformer_engine.pytorch.optimizers", "FusedAdam")}  # fmt: skip
-
-
-def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    leaves: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            leaves.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            leaves[f"{prefix}{key}"] = value
-    return leaves
 
 
 def is_foreign(config: VerlConfig, group: str) -> bool:
@@ -69,10 +59,10 @@ def gradient_checkpointing(config: VerlConfig) -> bool:
 def layout_warning(config: VerlConfig) -> str | None:
     """One line naming the parallel layout replaced by FSDP over all ranks (None when nothing was set)."""
     engine = config.group("engine")
-    reference = _leaves(GROUP_DEFAULTS["engine", engine])
+    reference = flatten(GROUP_DEFAULTS["engine", engine])
     replaced = [
         f"{key}={value!r}"
-        for key, value in _leaves(config.get("engine") or {}).items()
+        for key, value in flatten(config.get("engine") or {}).items()
         if foreign_policy(f"engine.{key}") == ("layout", "") and reference.get(key, "<unset>") != value
     ]
     if not replaced:

@@ -159,11 +159,12 @@ def split_command_line(words: list[str]) -> CommandLine:
     return line
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}`` (an empty mapping stays a leaf)."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -247,7 +248,7 @@ def _group_choices(words: list[str]) -> dict[str, str]:
 def load(words: list[str], file_tree: dict[str, Any] | None = None) -> VerlConfig:
     """verl's defaults, then the config file, then the overrides; interpolations resolved; keys checked."""
     file_tree = file_tree or {}
-    keys = list(_flatten(file_tree)) + [_override_key(w) for w in words]
+    keys = list(flatten(file_tree)) + [_override_key(w) for w in words]
     chosen = _schema_of(keys)
     groups = _group_choices(words) if chosen == "engine" else {}
     tree = schema.defaults(chosen, groups)
@@ -278,7 +279,7 @@ def load(words: list[str], file_tree: dict[str, Any] | None = None) -> VerlConfi
             and isinstance((node := _split(tree, key))[0], dict)
             and isinstance(node[0].get(node[1]), dict)
         ):
-            for sub, sub_value in _flatten(value).items():
+            for sub, sub_value in flatten(value).items():
                 assign(f"{key}.{sub}", sub_value, origin, append)
             if not value:
                 _set(tree, key, {})
@@ -286,7 +287,7 @@ def load(words: list[str], file_tree: dict[str, Any] | None = None) -> VerlConfi
         _set(tree, key, copy.deepcopy(value))
         given.add(key)
 
-    for key, value in _flatten(file_tree).items():
+    for key, value in flatten(file_tree).items():
         assign(key, value, "config file", append=False)
     for word in words:
         if word.startswith("~"):
@@ -315,8 +316,8 @@ def _resolve(tree: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_values(config: VerlConfig) -> None:
-    reference = _flatten(_resolve(schema.defaults(config.schema, config.groups)))
-    values = _flatten(config.values)
+    reference = flatten(_resolve(schema.defaults(config.schema, config.groups)))
+    values = flatten(config.values)
     for key, value in values.items():
         default = reference.get(key, schema.EXTRA_KEYS.get(key))
         if value == default:
