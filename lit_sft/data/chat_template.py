@@ -21,9 +21,11 @@ A template that raises is rendered again by ``apply_chat_template``, so errors r
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, cast
 
+import transformers
 from transformers import PreTrainedTokenizerBase
 
 #: Every this many renders (and the first), the direct result is compared with ``apply_chat_template``'s.
@@ -144,13 +146,12 @@ class DirectTemplate:
         """Whether both ways render every prefix of a probe alike (or both refuse it)."""
         for count in range(1, len(messages) + 1):
             for generation_prompt in (False, True):
-                expected = _apply(
-                    self.tokenizer, messages[:count], tools, generation_prompt, self.template_kwargs
+                prefix = messages[:count]
+                kwargs = self.template_kwargs
+                expected = _outcome(
+                    partial(apply_template, self.tokenizer, prefix, tools, generation_prompt, kwargs)
                 )
-                try:
-                    found: str | Exception = self._direct(messages[:count], tools, generation_prompt)
-                except Exception as error:  # a template's raise_exception, or a type it trips on
-                    found = error
+                found = _outcome(partial(self._direct, prefix, tools, generation_prompt))
                 if isinstance(expected, Exception) != isinstance(found, Exception):
                     return False
                 if not isinstance(expected, Exception) and expected != found:
@@ -193,32 +194,32 @@ class DirectTemplate:
         try:
             text = self._direct(messages, tools, add_generation_prompt)
         except Exception:  # rendered again, so that the error is transformers' own
-            return _apply_or_raise(
+            return apply_template(
                 self.tokenizer, list(messages), tools, add_generation_prompt, self.template_kwargs
             )
         self.renders += 1
         if self.renders % CHECK_EVERY == 1:
-            expected = _apply_or_raise(
+            expected = apply_template(
                 self.tokenizer, list(messages), tools, add_generation_prompt, self.template_kwargs
             )
             if expected != text:
                 raise TemplateMismatch(
                     "lit_sft's direct chat-template rendering differs from apply_chat_template's for a "
-                    f"conversation of {len(messages)} messages (transformers {_transformers_version()}); "
+                    f"conversation of {len(messages)} messages (transformers {transformers.__version__}); "
                     "please report it with the row"
                 )
         return text
 
 
-def _apply_or_raise(
+def apply_template(
     tokenizer: PreTrainedTokenizerBase,
     messages: list[Any],
     tools: list[dict[str, Any]] | None,
     add_generation_prompt: bool,
     template_kwargs: Mapping[str, Any],
 ) -> str:
-    # tokenize=False renders one conversation to one string; transformers types tools as an invariant list
-    # of dicts or callables.
+    """``apply_chat_template(tokenize=False)``: one conversation to one string, the reference rendering."""
+    # transformers types tools as an invariant list of dicts or callables.
     return cast(
         str,
         tokenizer.apply_chat_template(
@@ -231,20 +232,9 @@ def _apply_or_raise(
     )
 
 
-def _apply(
-    tokenizer: PreTrainedTokenizerBase,
-    messages: list[Any],
-    tools: list[dict[str, Any]] | None,
-    add_generation_prompt: bool,
-    template_kwargs: Mapping[str, Any],
-) -> str | Exception:
+def _outcome(render: Callable[[], str]) -> str | Exception:
+    """What a rendering gives: its text, or what it raised (a probe a template refuses, both ways must)."""
     try:
-        return _apply_or_raise(tokenizer, messages, tools, add_generation_prompt, template_kwargs)
-    except Exception as error:  # a probe the template refuses: the direct way must refuse it too
+        return render()
+    except Exception as error:  # a template's raise_exception, or a type it trips on
         return error
-
-
-def _transformers_version() -> str:
-    import transformers
-
-    return transformers.__version__

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from lit_sft.data.chat_template import DirectTemplate, TemplateMismatch
+from lit_sft.data.chat_template import DirectTemplate, TemplateMismatch, apply_template
 from lit_sft.data.conversation import Conversation
 from lit_sft.data.template_fidelity import lost_content
 from lit_sft.errors import InvalidRow
@@ -95,16 +95,8 @@ class ConversationRenderer:
         try:
             if direct:
                 return self.direct.render(messages, tools, add_generation_prompt)
-            return cast(
-                str,
-                self.tokenizer.apply_chat_template(
-                    messages,
-                    # transformers types the parameter as a list (invariant) of dicts or callables.
-                    tools=tools,  # type: ignore[arg-type]
-                    tokenize=False,  # one conversation to one string
-                    add_generation_prompt=add_generation_prompt,
-                    **self.template_kwargs,
-                ),
+            return apply_template(
+                self.tokenizer, messages, tools, add_generation_prompt, self.template_kwargs
             )
         except TemplateMismatch:
             raise
