@@ -120,6 +120,16 @@ LEGACY_ALIASES = {
 
 #: verl/trainer/config/sft_trainer_engine.yaml + model/hf_model.yaml + engine/fsdp.yaml + optim/fsdp.yaml
 #: + profiler/profiler.yaml (engine-based sft_trainer), verl commit `ENGINE_COMMIT`. ``_target_`` keys left out.
+#: The keys every optim group of the engine trainer shares (verl's base ``OptimizerConfig``), commit
+#: `ENGINE_COMMIT`; each group sets its own ``lr``.
+OPTIM_BASE: dict[str, Any] = {
+    "lr_warmup_steps_ratio": 0.0,
+    "total_training_steps": -1,
+    "weight_decay": 0.01,
+    "lr_warmup_steps": -1,
+    "betas": [0.9, 0.999],
+    "clip_grad": 1.0,
+}
 ENGINE_DEFAULTS: dict[str, Any] = {
     "model": {
         "path": "~/models/deepseek-llm-7b-chat",
@@ -227,12 +237,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
         "optimizer": "AdamW",
         "optimizer_impl": "torch.optim",
         "lr": 1e-3,
-        "lr_warmup_steps_ratio": 0.0,
-        "total_training_steps": -1,
-        "weight_decay": 0.01,
-        "lr_warmup_steps": -1,
-        "betas": [0.9, 0.999],
-        "clip_grad": 1.0,
+        **OPTIM_BASE,
         "min_lr_ratio": 0.0,
         "num_cycles": 0.5,
         "lr_scheduler_type": "constant",
@@ -404,12 +409,7 @@ MEGATRON_ENGINE_DEFAULTS: dict[str, Any] = {
 #: OptimizerParamScheduler from the lr_* keys (``get_megatron_optimizer_param_scheduler``).
 MEGATRON_OPTIM_DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
-    "lr_warmup_steps_ratio": 0.0,
-    "total_training_steps": -1,
-    "weight_decay": 0.01,
-    "lr_warmup_steps": -1,
-    "betas": [0.9, 0.999],
-    "clip_grad": 1.0,
+    **OPTIM_BASE,
     "optimizer": "adam",
     "lr_warmup_init": 0.0,
     "lr_decay_steps": None,
@@ -496,12 +496,7 @@ AUTOMODEL_OPTIM_DEFAULTS: dict[str, Any] = {
     "optimizer": "AdamW",
     "optimizer_impl": "torch.optim",
     "lr": 1e-5,
-    "lr_warmup_steps_ratio": 0.0,
-    "total_training_steps": -1,
-    "weight_decay": 0.01,
-    "lr_warmup_steps": -1,
-    "betas": [0.9, 0.999],
-    "clip_grad": 1.0,
+    **OPTIM_BASE,
     "init_lr_ratio": 0.1,
     "min_lr_ratio": 0.01,
     "lr_scheduler_type": "cosine",
